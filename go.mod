@@ -1,0 +1,3 @@
+module github.com/orchestrator/orchestrator
+
+go 1.26.8
