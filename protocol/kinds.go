@@ -220,7 +220,7 @@ func CheckGitHubURL(raw string) error {
 	switch {
 	case u.Scheme != "https" && u.Scheme != "http":
 		return fmt.Errorf("params.github_url must start with https:// (got %q)", truncate(u.Scheme, 16))
-	case u.Host == "":
+	case u.Hostname() == "":
 		return fmt.Errorf("params.github_url has no host")
 	case u.User != nil:
 		return fmt.Errorf("params.github_url must not hold user info; credentials come from the secret reference")

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
+	"unicode/utf8"
 )
 
 // Limits on what either side reads from the network.
@@ -113,13 +115,16 @@ func (e *DecodeError) Error() string {
 
 func (e *DecodeError) Unwrap() error { return e.Err }
 
-// Reply builds the error message that answers the frame that failed.
+// Reply builds the error message that answers the frame that failed. It
+// is always a valid message: the text is cut to MaxMessageText at a rune
+// boundary, and a type or id that could not travel is left out.
 func (e *DecodeError) Reply() *Message {
-	b := &ErrorBody{Error: Error{Code: e.Code, Message: truncate(e.Err.Error(), MaxMessageText)}, RefType: e.Type}
-	if len(b.RefType) > MaxIDLength {
+	msg := truncate(strings.ToValidUTF8(e.Err.Error(), "\uFFFD"), MaxMessageText)
+	b := &ErrorBody{Error: Error{Code: e.Code, Message: msg}, RefType: e.Type}
+	if len(b.RefType) > MaxIDLength || !utf8.ValidString(string(b.RefType)) {
 		b.RefType = ""
 	}
-	if len(e.ID) <= MaxIDLength {
+	if checkID("ref_id", e.ID, false) == nil {
 		b.RefID = e.ID
 	}
 	return &Message{Type: TypeError, Error: b}
@@ -313,9 +318,15 @@ func checkList[T any](field string, l []T) error {
 	return nil
 }
 
+// truncate cuts s to at most n bytes, backing off to the start of a rune so
+// that a valid UTF-8 text stays valid (JSON would turn a cut rune into
+// U+FFFD, longer than the limit).
 func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
+	}
+	for i := 0; i < utf8.UTFMax-1 && n > 0 && !utf8.RuneStart(s[n]); i++ {
+		n--
 	}
 	return s[:n]
 }
