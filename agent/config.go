@@ -1,0 +1,281 @@
+package agent
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/orchestrator/orchestrator/agent/policy"
+)
+
+// Config is the agent's configuration: a YAML file (documented in
+// deploy/agent.example.yaml), then AGENT_* environment variables over it.
+type Config struct {
+	// ControlPlane is the control plane's URL: https://host[:port] or
+	// wss://host[:port]; http:// and ws:// only with InsecureAllowWS.
+	ControlPlane string `yaml:"control_plane"`
+	// StateDir holds the agent's identity (its key pair and id).
+	StateDir string `yaml:"state_dir"`
+	// CAFile is a PEM bundle of extra CAs to trust for the control plane
+	// (a private CA), on top of the system's.
+	CAFile string `yaml:"ca_file"`
+	// InsecureAllowWS allows plain ws:// and http:// to the control plane:
+	// for development and tests only.
+	InsecureAllowWS bool `yaml:"insecure_allow_ws"`
+	// Concurrency is how many jobs run at once. Default 4.
+	Concurrency int `yaml:"concurrency"`
+	// DrainGrace is how long running jobs may take to finish on shutdown.
+	// Default 30s.
+	DrainGrace time.Duration `yaml:"drain_grace"`
+	// Log configures logging.
+	Log LogConfig `yaml:"log"`
+	// Secrets configures the secret backends.
+	Secrets SecretsConfig `yaml:"secrets"`
+	// Policy is the agent's own policy: what it will do, whatever the
+	// control plane asks.
+	Policy policy.Config `yaml:"policy"`
+}
+
+// LogConfig configures logging.
+type LogConfig struct {
+	// Format is "json", "console", or "auto" (console on a terminal, json
+	// otherwise). Default auto.
+	Format string `yaml:"format"`
+	// Level is debug, info, warn or error. Default info.
+	Level string `yaml:"level"`
+}
+
+// SecretsConfig configures the secret backends. A backend that is not
+// configured is not offered.
+type SecretsConfig struct {
+	File *FileSecretsConfig `yaml:"file"`
+}
+
+// FileSecretsConfig configures the file backend.
+type FileSecretsConfig struct {
+	// Path is a JSON or YAML file (mode 0600) mapping secret names to
+	// objects of keys and values.
+	Path string `yaml:"path"`
+}
+
+// Defaults.
+const (
+	DefaultConcurrency = 4
+	DefaultDrainGrace  = 30 * time.Second
+)
+
+// DefaultStateDir is where the identity lives when state_dir is not set.
+func DefaultStateDir() string {
+	switch runtime.GOOS {
+	case "windows":
+		return `C:\ProgramData\orchestrator-agent`
+	case "darwin":
+		return "/Library/Application Support/orchestrator-agent"
+	}
+	return "/var/lib/orchestrator-agent"
+}
+
+// LoadConfig reads the config file at path (which must not be readable or
+// writable by others), applies the environment through getenv, fills in
+// defaults and validates the result.
+func LoadConfig(path string, getenv func(string) string) (Config, error) {
+	var c Config
+	if path != "" {
+		if err := checkFileMode(path, 0o007, "the config file"); err != nil {
+			return c, err
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return c, fmt.Errorf("read config: %w", err)
+		}
+		dec := yaml.NewDecoder(bytes.NewReader(b))
+		dec.KnownFields(true)
+		if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+			return c, fmt.Errorf("config %s: %w", path, err)
+		}
+	}
+	if err := c.applyEnv(getenv); err != nil {
+		return c, err
+	}
+	c.setDefaults()
+	return c, c.Validate()
+}
+
+// applyEnv overrides settings from AGENT_* variables.
+func (c *Config) applyEnv(getenv func(string) string) error {
+	if getenv == nil {
+		return nil
+	}
+	str := map[string]*string{
+		"AGENT_CONTROL_PLANE": &c.ControlPlane,
+		"AGENT_STATE_DIR":     &c.StateDir,
+		"AGENT_CA_FILE":       &c.CAFile,
+		"AGENT_LOG_FORMAT":    &c.Log.Format,
+		"AGENT_LOG_LEVEL":     &c.Log.Level,
+	}
+	for k, p := range str {
+		if v := getenv(k); v != "" {
+			*p = v
+		}
+	}
+	if v := getenv("AGENT_SECRETS_FILE"); v != "" {
+		c.Secrets.File = &FileSecretsConfig{Path: v}
+	}
+	if v := getenv("AGENT_CONCURRENCY"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return fmt.Errorf("AGENT_CONCURRENCY=%q is not a number", v)
+		}
+		c.Concurrency = n
+	}
+	if v := getenv("AGENT_DRAIN_GRACE"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return fmt.Errorf("AGENT_DRAIN_GRACE=%q is not a duration such as 30s", v)
+		}
+		c.DrainGrace = d
+	}
+	if v := getenv("AGENT_INSECURE_ALLOW_WS"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return fmt.Errorf("AGENT_INSECURE_ALLOW_WS=%q is not true or false", v)
+		}
+		c.InsecureAllowWS = b
+	}
+	return nil
+}
+
+func (c *Config) setDefaults() {
+	if c.StateDir == "" {
+		c.StateDir = DefaultStateDir()
+	}
+	if c.Concurrency == 0 {
+		c.Concurrency = DefaultConcurrency
+	}
+	if c.DrainGrace == 0 {
+		c.DrainGrace = DefaultDrainGrace
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = "auto"
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+}
+
+// Validate checks every setting and names the one that is wrong.
+func (c *Config) Validate() error {
+	if _, err := ConnectURL(c.ControlPlane, c.InsecureAllowWS); err != nil {
+		return err
+	}
+	if c.Concurrency < 1 || c.Concurrency > 1024 {
+		return fmt.Errorf("concurrency: %d is outside 1..1024", c.Concurrency)
+	}
+	if c.DrainGrace < 0 || c.DrainGrace > time.Hour {
+		return fmt.Errorf("drain_grace: %s is outside 0s..1h", c.DrainGrace)
+	}
+	switch c.Log.Format {
+	case "auto", "json", "console":
+	default:
+		return fmt.Errorf("log.format: %q is not auto, json or console", c.Log.Format)
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("log.level: %q is not debug, info, warn or error", c.Log.Level)
+	}
+	if c.Secrets.File != nil && c.Secrets.File.Path == "" {
+		return errors.New("secrets.file.path: required when secrets.file is set")
+	}
+	if c.CAFile != "" {
+		if _, err := os.Stat(c.CAFile); err != nil {
+			return fmt.Errorf("ca_file: %w", err)
+		}
+	}
+	if _, err := policy.New(c.Policy); err != nil {
+		return err
+	}
+	return nil
+}
+
+// ConnectURL turns the control_plane setting into the websocket URL of the
+// agent endpoint. https becomes wss; http and ws need allowInsecure.
+func ConnectURL(controlPlane string, allowInsecure bool) (string, error) {
+	u, err := baseURL(controlPlane, allowInsecure)
+	if err != nil {
+		return "", err
+	}
+	switch u.Scheme {
+	case "https":
+		u.Scheme = "wss"
+	case "http":
+		u.Scheme = "ws"
+	}
+	u.Path = strings.TrimSuffix(u.Path, "/") + "/api/v1/agent/connect"
+	return u.String(), nil
+}
+
+// HTTPURL turns the control_plane setting into an HTTP URL for path.
+func HTTPURL(controlPlane string, allowInsecure bool, path string) (string, error) {
+	u, err := baseURL(controlPlane, allowInsecure)
+	if err != nil {
+		return "", err
+	}
+	switch u.Scheme {
+	case "wss":
+		u.Scheme = "https"
+	case "ws":
+		u.Scheme = "http"
+	}
+	u.Path = strings.TrimSuffix(u.Path, "/") + path
+	return u.String(), nil
+}
+
+func baseURL(controlPlane string, allowInsecure bool) (*url.URL, error) {
+	if controlPlane == "" {
+		return nil, errors.New("control_plane: required (for example https://controlplane.example.com)")
+	}
+	u, err := url.Parse(controlPlane)
+	if err != nil || u.Host == "" {
+		return nil, fmt.Errorf("control_plane: %q is not a URL such as https://controlplane.example.com", controlPlane)
+	}
+	if u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+		return nil, fmt.Errorf("control_plane: %q must not hold user info, a query or a fragment", u.Redacted())
+	}
+	switch u.Scheme {
+	case "https", "wss":
+	case "http", "ws":
+		if !allowInsecure {
+			return nil, fmt.Errorf("control_plane: %q is not encrypted; use https:// (or set insecure_allow_ws: true for development)", controlPlane)
+		}
+	default:
+		return nil, fmt.Errorf("control_plane: scheme %q is not https or wss", u.Scheme)
+	}
+	return u, nil
+}
+
+// checkFileMode refuses a file whose permission bits intersect deny, naming
+// the file and the fix. It is a no-op on Windows, where ACLs govern access.
+func checkFileMode(path string, deny os.FileMode, what string) error {
+	if runtime.GOOS == "windows" {
+		return nil
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	if m := fi.Mode().Perm(); m&deny != 0 {
+		want := m &^ deny
+		return fmt.Errorf("%s %s has mode %04o, readable or writable by others; run: chmod %04o %s", what, path, m, want, path)
+	}
+	return nil
+}

@@ -1,0 +1,315 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/orchestrator/orchestrator/protocol"
+)
+
+// handler does one kind of job. It returns the output or an error; an
+// error that is a *protocol.Error is reported as it is, any other as
+// internal (and logged). Neither may hold a secret value.
+type handler func(ctx context.Context, log *zap.Logger, j *protocol.Job) (*protocol.Output, error)
+
+// errDraining is the cause of jobs canceled because the grace period ended.
+var errDraining = errors.New("the agent is shutting down and its drain grace period ended")
+
+// errCanceled is the cause of jobs canceled by the control plane.
+var errCanceled = errors.New("canceled by the control plane")
+
+// runner runs jobs with bounded concurrency, each under its deadline.
+type runner struct {
+	limit    int
+	handlers map[protocol.JobKind]handler
+	check    func(protocol.JobKind) *protocol.Error
+	deliver  func(protocol.Result)
+	log      *zap.Logger
+	base     context.Context // the agent's hard lifetime
+
+	mu        sync.Mutex // guards the fields below
+	running   map[string]context.CancelCauseFunc
+	recent    map[string]bool // finished job ids, to refuse a second run
+	recentLog []string        // recent in order, bounded
+	draining  bool
+	idle      chan struct{} // closed when running becomes empty; nil while empty
+	wg        sync.WaitGroup
+}
+
+const recentJobs = 4096
+
+func newRunner(base context.Context, limit int, handlers map[protocol.JobKind]handler,
+	check func(protocol.JobKind) *protocol.Error, deliver func(protocol.Result), log *zap.Logger) *runner {
+	return &runner{
+		limit: limit, handlers: handlers, check: check, deliver: deliver, log: log, base: base,
+		running: make(map[string]context.CancelCauseFunc), recent: make(map[string]bool),
+	}
+}
+
+// submit starts a job or says why not. A job delivered again while it runs
+// is accepted again and still runs once.
+func (r *runner) submit(j *protocol.Job) *protocol.Message {
+	accepted := &protocol.Message{Type: protocol.TypeAccepted, Accepted: &protocol.Accepted{JobID: j.JobID, Attempt: j.Attempt}}
+	reject := func(e *protocol.Error) *protocol.Message {
+		r.log.Info("job rejected", zap.String("job_id", j.JobID), zap.String("kind", string(j.Kind)), zap.String("error_code", string(e.Code)))
+		return &protocol.Message{Type: protocol.TypeRejected, Rejected: &protocol.Rejected{JobID: j.JobID, Attempt: j.Attempt, Error: *e}}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.running[j.JobID]; ok {
+		return accepted // delivered twice: it runs once
+	}
+	if r.recent[j.JobID] {
+		r.log.Info("job delivered again after it finished; not running it twice", zap.String("job_id", j.JobID))
+		return nil
+	}
+	if r.draining {
+		return reject(protocol.Errorf(protocol.CodeAgentBusy, "the agent is shutting down"))
+	}
+	if e := r.check(j.Kind); e != nil {
+		return reject(e)
+	}
+	h := r.handlers[j.Kind]
+	if h == nil {
+		return reject(protocol.Errorf(protocol.CodeKindNotAllowed, "this agent build does not run %s jobs; upgrade the agent", j.Kind))
+	}
+	if len(r.running) >= r.limit {
+		return reject(protocol.Errorf(protocol.CodeAgentBusy, "the agent is running %d jobs, its concurrency", r.limit))
+	}
+	ctx, cancel := context.WithCancelCause(r.base)
+	ctx, cancelDeadline := context.WithDeadline(ctx, j.Deadline)
+	r.running[j.JobID] = cancel
+	if r.idle == nil {
+		r.idle = make(chan struct{})
+	}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		defer cancelDeadline()
+		r.run(ctx, j, h)
+	}()
+	return accepted
+}
+
+func (r *runner) run(ctx context.Context, j *protocol.Job, h handler) {
+	log := r.log.With(zap.String("job_id", j.JobID), zap.String("kind", string(j.Kind)), zap.Int("attempt", j.Attempt))
+	if j.Params.Secret != nil {
+		log = log.With(zap.String("backend", j.Params.Secret.Backend), zap.Stringer("secret_ref", j.Params.Secret))
+	}
+	start := time.Now()
+	out, err := h(ctx, log, j)
+	res := protocol.Result{JobID: j.JobID, Attempt: j.Attempt, StartedAt: start.UTC(), FinishedAt: time.Now().UTC()}
+	if err == nil && ctx.Err() != nil {
+		err = ctx.Err() // finished only because it was stopped
+	}
+	if err == nil {
+		res.OK, res.Output = true, out
+	} else {
+		res.Error = jobError(ctx, err, log)
+	}
+	fields := []zap.Field{zap.Bool("ok", res.OK), zap.Int64("duration_ms", time.Since(start).Milliseconds())}
+	if res.Error != nil {
+		fields = append(fields, zap.String("error_code", string(res.Error.Code)), zap.String("error", res.Error.Message))
+	}
+	log.Info("job done", fields...)
+
+	r.mu.Lock()
+	if cancel := r.running[j.JobID]; cancel != nil {
+		cancel(nil)
+	}
+	delete(r.running, j.JobID)
+	r.remember(j.JobID)
+	if len(r.running) == 0 && r.idle != nil {
+		close(r.idle)
+		r.idle = nil
+	}
+	r.mu.Unlock()
+	r.deliver(res)
+}
+
+// remember keeps a bounded set of finished job ids.
+func (r *runner) remember(id string) {
+	r.recent[id] = true
+	r.recentLog = append(r.recentLog, id)
+	if len(r.recentLog) > recentJobs {
+		delete(r.recent, r.recentLog[0])
+		r.recentLog = r.recentLog[1:]
+	}
+}
+
+// jobError turns a handler's error into the protocol's.
+func jobError(ctx context.Context, err error, log *zap.Logger) *protocol.Error {
+	var pe *protocol.Error
+	switch {
+	case errors.As(err, &pe):
+		return pe
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(context.Cause(ctx), context.DeadlineExceeded):
+		return protocol.Errorf(protocol.CodeTimeout, "the job did not finish by its deadline")
+	case errors.Is(err, context.Canceled):
+		cause := context.Cause(ctx)
+		if cause == nil || errors.Is(cause, context.Canceled) {
+			cause = errCanceled
+		}
+		return protocol.Errorf(protocol.CodeCanceled, "%v", cause)
+	}
+	log.Error("job failed", zap.Error(err))
+	return protocol.Errorf(protocol.CodeInternal, "the job failed inside the agent; see the agent's log for this job id")
+}
+
+// cancel stops a running job.
+func (r *runner) cancel(id string, cause error) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c := r.running[id]
+	if c != nil {
+		c(cause)
+	}
+	return c != nil
+}
+
+// ids lists the running jobs.
+func (r *runner) ids() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]string, 0, len(r.running))
+	for id := range r.running {
+		out = append(out, id)
+	}
+	return out
+}
+
+func (r *runner) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.running)
+}
+
+// drain stops taking jobs, waits up to grace for the running ones, then
+// cancels the rest and waits for them to report.
+func (r *runner) drain(grace time.Duration) {
+	r.mu.Lock()
+	r.draining = true
+	idle := r.idle
+	r.mu.Unlock()
+	if idle != nil {
+		t := time.NewTimer(grace)
+		select {
+		case <-idle:
+		case <-t.C:
+			r.log.Warn("drain grace ended; canceling running jobs", zap.Duration("grace", grace), zap.Int("running", r.count()))
+			r.mu.Lock()
+			for _, c := range r.running {
+				c(errDraining)
+			}
+			r.mu.Unlock()
+		}
+		t.Stop()
+	}
+	r.wg.Wait()
+}
+
+// stop cancels every job and waits for them.
+func (r *runner) stop() {
+	r.mu.Lock()
+	r.draining = true
+	for _, c := range r.running {
+		c(errDraining)
+	}
+	r.mu.Unlock()
+	r.wg.Wait()
+}
+
+// outbox keeps results until the control plane acknowledges them.
+type outbox struct {
+	mu    sync.Mutex // guards the fields below
+	held  map[string]protocol.Result
+	order []string
+	empty chan struct{} // closed when held becomes empty; nil while empty
+}
+
+// maxHeld bounds the outbox; past it the oldest result is dropped (its job
+// then follows the control plane's re-dispatch rule).
+const maxHeld = 10000
+
+func newOutbox() *outbox { return &outbox{held: make(map[string]protocol.Result)} }
+
+func (o *outbox) put(r protocol.Result) (dropped string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if _, ok := o.held[r.JobID]; !ok {
+		o.order = append(o.order, r.JobID)
+	}
+	o.held[r.JobID] = r
+	if o.empty == nil {
+		o.empty = make(chan struct{})
+	}
+	if len(o.order) > maxHeld {
+		dropped = o.order[0]
+		o.order = o.order[1:]
+		delete(o.held, dropped)
+	}
+	return dropped
+}
+
+func (o *outbox) ack(id string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if _, ok := o.held[id]; !ok {
+		return
+	}
+	delete(o.held, id)
+	for i, v := range o.order {
+		if v == id {
+			o.order = append(o.order[:i], o.order[i+1:]...)
+			break
+		}
+	}
+	if len(o.held) == 0 && o.empty != nil {
+		close(o.empty)
+		o.empty = nil
+	}
+}
+
+func (o *outbox) get(id string) (protocol.Result, bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	r, ok := o.held[id]
+	return r, ok
+}
+
+// all returns the held results, oldest first.
+func (o *outbox) all() []protocol.Result {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	out := make([]protocol.Result, 0, len(o.order))
+	for _, id := range o.order {
+		out = append(out, o.held[id])
+	}
+	return out
+}
+
+func (o *outbox) ids() []string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return append([]string(nil), o.order...)
+}
+
+// waitEmpty waits until every result is acknowledged or ctx ends.
+func (o *outbox) waitEmpty(ctx context.Context) bool {
+	o.mu.Lock()
+	empty := o.empty
+	o.mu.Unlock()
+	if empty == nil {
+		return true
+	}
+	select {
+	case <-empty:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}

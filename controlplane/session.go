@@ -1,0 +1,302 @@
+package controlplane
+
+import (
+	"crypto/ed25519"
+	"encoding/base64"
+	"errors"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"go.uber.org/zap"
+
+	"github.com/orchestrator/orchestrator/controlplane/store"
+	"github.com/orchestrator/orchestrator/protocol"
+)
+
+const (
+	handshakeTimeout = 10 * time.Second
+	writeWait        = 10 * time.Second
+	// sendQueue bounds the frames waiting for one agent's writer; an agent
+	// that falls this far behind is disconnected rather than buffered.
+	sendQueue = 1024
+)
+
+// session is one agent's live websocket. The reader runs in the handler's
+// goroutine; all writes go through the writer goroutine, except control
+// frames (ping, close), which gorilla allows from any goroutine.
+type session struct {
+	id      string
+	agentID string
+	conn    *websocket.Conn
+	log     *zap.Logger
+
+	out       chan []byte
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+// send queues m for the writer. It never blocks: a full queue ends the
+// session.
+func (s *session) send(m *protocol.Message) {
+	b, err := protocol.Encode(m)
+	if err != nil {
+		s.log.Error("encode message", zap.String("type", string(m.Type)), zap.Error(err))
+		return
+	}
+	select {
+	case s.out <- b:
+	case <-s.done:
+	default:
+		s.close(websocket.CloseTryAgainLater, "the agent is not reading fast enough")
+	}
+}
+
+// close sends a close frame with code and reason and ends the session.
+func (s *session) close(code int, reason string) {
+	s.closeOnce.Do(func() {
+		_ = s.conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(time.Second))
+		close(s.done)
+		_ = s.conn.Close()
+	})
+}
+
+// writer sends queued frames and pings until the session ends.
+func (s *session) writer(ping time.Duration) {
+	t := time.NewTicker(ping)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.done:
+			return
+		case b := <-s.out:
+			_ = s.conn.SetWriteDeadline(time.Now().Add(writeWait))
+			if err := s.conn.WriteMessage(websocket.TextMessage, b); err != nil {
+				s.close(websocket.CloseAbnormalClosure, "")
+				return
+			}
+		case <-t.C:
+			if err := s.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeWait)); err != nil {
+				s.close(websocket.CloseAbnormalClosure, "")
+				return
+			}
+		}
+	}
+}
+
+// handleConnect serves GET /api/v1/agent/connect: challenge, signed hello,
+// welcome, then the session until either side ends it.
+func (srv *Server) handleConnect(w http.ResponseWriter, r *http.Request) {
+	conn, err := srv.upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		return // the upgrader answered with an HTTP error
+	}
+	srv.conns.Add(1)
+	defer srv.conns.Done()
+	log := srv.log.With(zap.String("remote", r.RemoteAddr))
+	closeWith := func(code int, reason string) {
+		_ = conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(time.Second))
+		_ = conn.Close()
+	}
+	if conn.Subprotocol() != protocol.Subprotocol {
+		log.Warn("agent refused: incompatible protocol", zap.String("offered", r.Header.Get("Sec-Websocket-Protocol")))
+		closeWith(protocol.CloseIncompatible, "this control plane speaks "+protocol.Subprotocol)
+		return
+	}
+	conn.SetReadLimit(protocol.MaxFrameSize)
+
+	hello, agent, code, reason := srv.handshake(conn)
+	if code != 0 {
+		log.Warn("agent refused", zap.String("agent_id", agentIDOf(hello)), zap.Int("close_code", code), zap.String("reason", reason))
+		closeWith(code, reason)
+		return
+	}
+
+	now := srv.now()
+	sess := &session{
+		id:      newID("ses_", now),
+		agentID: agent.ID,
+		conn:    conn,
+		out:     make(chan []byte, sendQueue),
+		done:    make(chan struct{}),
+	}
+	sess.log = log.With(zap.String("agent_id", agent.ID), zap.String("session_id", sess.id))
+	welcome, err := protocol.Encode(&protocol.Message{Type: protocol.TypeWelcome, Welcome: &protocol.Welcome{
+		SessionID: sess.id, HeartbeatInterval: protocol.Duration(srv.heartbeat), ServerTime: now,
+	}})
+	if err == nil {
+		_ = conn.SetWriteDeadline(time.Now().Add(writeWait))
+		err = conn.WriteMessage(websocket.TextMessage, welcome)
+	}
+	if err != nil {
+		_ = conn.Close()
+		return
+	}
+	ctx, cancel := srv.storeCtx()
+	if err := srv.store.UpdateAgentInfo(ctx, agent.ID, store.AgentInfo{
+		AgentVersion: hello.AgentVersion, Hostname: hello.Hostname, OS: hello.OS, Backends: hello.Backends, LastSeen: now,
+	}); err != nil {
+		sess.log.Error("store agent info", zap.Error(err))
+	}
+	cancel()
+
+	go sess.writer(srv.heartbeat)
+	srv.disp.attach(sess, hello)
+	sess.log.Info("agent connected", zap.String("agent", agent.Name), zap.String("agent_version", hello.AgentVersion),
+		zap.String("hostname", hello.Hostname), zap.Int("concurrency", hello.Concurrency),
+		zap.Int("running", len(hello.Running)), zap.Int("held", len(hello.Held)))
+
+	reason = srv.readLoop(sess)
+	srv.disp.detach(sess)
+	sess.close(websocket.CloseNormalClosure, "")
+	ctx, cancel = srv.storeCtx()
+	if err := srv.store.UpdateAgentInfo(ctx, agent.ID, store.AgentInfo{
+		AgentVersion: hello.AgentVersion, Hostname: hello.Hostname, OS: hello.OS, Backends: hello.Backends, LastSeen: srv.now(),
+	}); err != nil {
+		sess.log.Error("store agent info", zap.Error(err))
+	}
+	cancel()
+	sess.log.Info("agent disconnected", zap.String("reason", reason))
+}
+
+func agentIDOf(h *protocol.Hello) string {
+	if h == nil {
+		return ""
+	}
+	return h.AgentID
+}
+
+// handshake sends the challenge and checks the hello. A non-zero code means
+// the connection is refused with that close code and reason.
+func (srv *Server) handshake(conn *websocket.Conn) (*protocol.Hello, store.Agent, int, string) {
+	nonce := newNonce()
+	b, err := protocol.Encode(&protocol.Message{Type: protocol.TypeChallenge, Challenge: &protocol.Challenge{Nonce: nonce, ServerTime: srv.now()}})
+	if err != nil {
+		return nil, store.Agent{}, websocket.CloseInternalServerErr, "encode challenge"
+	}
+	_ = conn.SetWriteDeadline(time.Now().Add(writeWait))
+	if err := conn.WriteMessage(websocket.TextMessage, b); err != nil {
+		return nil, store.Agent{}, websocket.CloseAbnormalClosure, "write challenge"
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(handshakeTimeout))
+	_, frame, err := conn.ReadMessage()
+	if err != nil {
+		return nil, store.Agent{}, protocol.CloseProtocolError, "no hello within " + handshakeTimeout.String()
+	}
+	m, err := protocol.Decode(frame)
+	if err != nil {
+		return nil, store.Agent{}, protocol.CloseProtocolError, "the hello could not be read: " + truncate(err.Error(), 100)
+	}
+	if m.Type != protocol.TypeHello {
+		return nil, store.Agent{}, protocol.CloseProtocolError, "the first message must be hello, not " + truncate(string(m.Type), 32)
+	}
+	h := m.Hello
+	if h.ProtocolVersion != protocol.Version {
+		return h, store.Agent{}, protocol.CloseIncompatible, "this control plane speaks protocol version 1"
+	}
+	ctx, cancel := srv.storeCtx()
+	agent, err := srv.store.GetAgent(ctx, h.AgentID)
+	cancel()
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return h, agent, protocol.CloseAuthFailed, "unknown agent id; enroll the agent again"
+	case err != nil:
+		return h, agent, websocket.CloseTryAgainLater, "the store did not answer"
+	case agent.RevokedAt != nil:
+		return h, agent, protocol.CloseRevoked, "this agent was revoked"
+	case len(agent.PublicKey) != ed25519.PublicKeySize:
+		return h, agent, protocol.CloseAuthFailed, "this agent has not enrolled"
+	}
+	sig, _ := base64.RawURLEncoding.DecodeString(h.Signature) // Decode checked its form
+	if !ed25519.Verify(agent.PublicKey, protocol.SigningPayload(h.AgentID, nonce, h.ProtocolVersion), sig) {
+		return h, agent, protocol.CloseAuthFailed, "the signature does not match the enrolled key; enroll the agent again"
+	}
+	return h, agent, 0, ""
+}
+
+// readLoop reads the agent's messages until the session ends, and says why.
+func (srv *Server) readLoop(sess *session) string {
+	timeout := 3 * srv.heartbeat
+	conn := sess.conn
+	extend := func() { _ = conn.SetReadDeadline(time.Now().Add(timeout)) }
+	extend()
+	conn.SetPongHandler(func(string) error { extend(); return nil })
+	for {
+		_, frame, err := conn.ReadMessage()
+		if err != nil {
+			var ce *websocket.CloseError
+			var ne interface{ Timeout() bool }
+			switch {
+			case errors.As(err, &ce):
+				return "agent closed: " + closeText(ce)
+			case errors.Is(err, websocket.ErrReadLimit):
+				return "frame over the size limit"
+			case errors.As(err, &ne) && ne.Timeout():
+				return "no heartbeat for " + timeout.String()
+			default:
+				select {
+				case <-sess.done:
+					return "closed by the control plane"
+				default:
+					return "connection lost: " + err.Error()
+				}
+			}
+		}
+		extend()
+		m, err := protocol.Decode(frame)
+		if err != nil {
+			var de *protocol.DecodeError
+			if errors.As(err, &de) {
+				sess.log.Warn("bad message from agent", zap.String("error_code", string(de.Code)), zap.Error(err))
+				sess.send(de.Reply())
+			}
+			continue
+		}
+		srv.disp.touch(sess)
+		switch m.Type {
+		case protocol.TypeHeartbeat:
+		case protocol.TypeAccepted:
+			srv.disp.accepted(sess, m.Accepted)
+		case protocol.TypeRejected:
+			srv.disp.rejected(sess, m.Rejected)
+		case protocol.TypeResult:
+			if srv.disp.result(sess, m.Result) {
+				sess.send(&protocol.Message{Type: protocol.TypeResultAck, ResultAck: &protocol.ResultAck{JobID: m.Result.JobID}})
+			}
+		case protocol.TypeDraining:
+			sess.log.Info("agent draining", zap.Duration("grace", m.Draining.Grace.D()), zap.String("reason", m.Draining.Reason))
+			srv.disp.setDraining(sess)
+		case protocol.TypeError:
+			sess.log.Warn("agent reported an error", zap.String("error_code", string(m.Error.Code)),
+				zap.String("message", m.Error.Message), zap.String("ref_type", string(m.Error.RefType)))
+		default:
+			sess.send(&protocol.Message{Type: protocol.TypeError, Error: &protocol.ErrorBody{
+				Error:   *protocol.Errorf(protocol.CodeUnknownType, "an agent does not send %s messages", m.Type),
+				RefID:   m.ID,
+				RefType: m.Type,
+			}})
+		}
+	}
+}
+
+func closeText(ce *websocket.CloseError) string {
+	if ce.Text != "" {
+		return ce.Text
+	}
+	switch ce.Code {
+	case websocket.CloseNormalClosure:
+		return "normal closure"
+	case websocket.CloseGoingAway:
+		return "going away"
+	}
+	return "code " + strconv.Itoa(ce.Code)
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}
