@@ -67,7 +67,10 @@ type Server struct {
 	disp     *dispatcher
 	upgrader websocket.Upgrader
 	mux      *http.ServeMux
-	conns    sync.WaitGroup // live agent connections
+
+	connMu  sync.Mutex     // guards closing and conns.Add
+	closing bool           // no new agent sessions once Close began
+	conns   sync.WaitGroup // live agent connections
 }
 
 // New checks o and builds a Server.
@@ -137,6 +140,9 @@ func (s *Server) Handler() http.Handler { return s.mux }
 // Close ends every agent session (agents reconnect to the next control
 // plane) and waits for their handlers, bounded by ctx.
 func (s *Server) Close(ctx context.Context) error {
+	s.connMu.Lock()
+	s.closing = true
+	s.connMu.Unlock()
 	s.disp.stop()
 	for _, sess := range s.disp.sessions() {
 		sess.close(protocol.CloseShuttingDown, "the control plane is shutting down")
@@ -149,6 +155,17 @@ func (s *Server) Close(ctx context.Context) error {
 	case <-ctx.Done():
 		return fmt.Errorf("controlplane: agent sessions still open: %w", ctx.Err())
 	}
+}
+
+// enter registers a new agent connection unless the server is closing.
+func (s *Server) enter() bool {
+	s.connMu.Lock()
+	defer s.connMu.Unlock()
+	if s.closing {
+		return false
+	}
+	s.conns.Add(1)
+	return true
 }
 
 func (s *Server) storeCtx() (context.Context, context.CancelFunc) {

@@ -89,12 +89,15 @@ func (s *session) writer(ping time.Duration) {
 // handleConnect serves GET /api/v1/agent/connect: challenge, signed hello,
 // welcome, then the session until either side ends it.
 func (srv *Server) handleConnect(w http.ResponseWriter, r *http.Request) {
+	if !srv.enter() {
+		writeError(w, http.StatusServiceUnavailable, protocol.Errorf(protocol.CodeUnavailable, "the control plane is shutting down"))
+		return
+	}
+	defer srv.conns.Done()
 	conn, err := srv.upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		return // the upgrader answered with an HTTP error
 	}
-	srv.conns.Add(1)
-	defer srv.conns.Done()
 	log := srv.log.With(zap.String("remote", r.RemoteAddr))
 	closeWith := func(code int, reason string) {
 		_ = conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(time.Second))
