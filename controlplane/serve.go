@@ -119,6 +119,14 @@ func Serve(ctx context.Context, c ServeConfig, log *zap.Logger, version string, 
 	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
 		return errors.New("--tls-cert and --tls-key go together")
 	}
+	if err := os.MkdirAll(c.DataDir, 0o700); err != nil {
+		return fmt.Errorf("--data: %w", err)
+	}
+	unlock, err := lockDataDir(c.DataDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	st, err := sqlite.Open(ctx, c.DataDir, sqlite.Options{})
 	if err != nil {
 		return fmt.Errorf("open the store in %s: %w", c.DataDir, err)

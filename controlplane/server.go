@@ -63,6 +63,9 @@ type Server struct {
 	maxTO     time.Duration
 	maxWait   time.Duration
 	adminHash [sha256.Size]byte
+	// handshakeWait is how long a new connection has to send its hello:
+	// handshakeTimeout, shortened by tests.
+	handshakeWait time.Duration
 
 	disp     *dispatcher
 	upgrader websocket.Upgrader
@@ -91,6 +94,8 @@ func New(o Options) (*Server, error) {
 		maxTO:     or(o.MaxJobTimeout, time.Hour),
 		maxWait:   or(o.MaxWait, 60*time.Second),
 		adminHash: sha256.Sum256([]byte(o.AdminToken)),
+
+		handshakeWait: handshakeTimeout,
 	}
 	if s.log == nil {
 		s.log = zap.NewNop()

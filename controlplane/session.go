@@ -183,10 +183,10 @@ func (srv *Server) handshake(conn *websocket.Conn) (*protocol.Hello, store.Agent
 	if err := conn.WriteMessage(websocket.TextMessage, b); err != nil {
 		return nil, store.Agent{}, websocket.CloseAbnormalClosure, "write challenge"
 	}
-	_ = conn.SetReadDeadline(time.Now().Add(handshakeTimeout))
+	_ = conn.SetReadDeadline(time.Now().Add(srv.handshakeWait))
 	_, frame, err := conn.ReadMessage()
 	if err != nil {
-		return nil, store.Agent{}, protocol.CloseProtocolError, "no hello within " + handshakeTimeout.String()
+		return nil, store.Agent{}, protocol.CloseProtocolError, "no hello within " + srv.handshakeWait.String()
 	}
 	m, err := protocol.Decode(frame)
 	if err != nil {
