@@ -32,6 +32,10 @@ import (
 	"github.com/orchestrator/orchestrator/protocol"
 )
 
+// maxSkew is the clock difference from the control plane above which the
+// agent warns.
+const maxSkew = 30 * time.Second
+
 // Options configure an Agent. Zero values mean the defaults.
 type Options struct {
 	// Config is the validated configuration.
@@ -357,6 +361,13 @@ func (a *Agent) session() (time.Duration, error) {
 		return 0, err
 	}
 	interval := welcome.HeartbeatInterval.D()
+	// Job deadlines come on the control plane's clock: note how far ours is
+	// off (within the handshake's round trip) and say so when it is far.
+	skew := time.Until(welcome.ServerTime)
+	a.runner.skew.Store(int64(skew))
+	if skew > maxSkew || skew < -maxSkew {
+		a.log.Warn("clock differs from the control plane's; job deadlines are corrected, but check NTP on this machine", zap.Duration("skew", skew))
+	}
 	l := &link{conn: conn, out: make(chan []byte, 1024), done: make(chan struct{}), observe: a.observe, log: a.log}
 	established := time.Now()
 	log := a.log.With(zap.String("session_id", welcome.SessionID))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -30,6 +31,7 @@ type runner struct {
 	deliver  func(protocol.Result)
 	log      *zap.Logger
 	base     context.Context // the agent's hard lifetime
+	skew     atomic.Int64    // control plane clock minus ours, in ns
 
 	mu        sync.Mutex // guards the fields below
 	running   map[string]context.CancelCauseFunc
@@ -81,7 +83,8 @@ func (r *runner) submit(j *protocol.Job) *protocol.Message {
 		return reject(protocol.Errorf(protocol.CodeAgentBusy, "the agent is running %d jobs, its concurrency", r.limit))
 	}
 	ctx, cancel := context.WithCancelCause(r.base)
-	ctx, cancelDeadline := context.WithDeadline(ctx, j.Deadline)
+	// The deadline is on the control plane's clock; read it on ours.
+	ctx, cancelDeadline := context.WithDeadline(ctx, j.Deadline.Add(-time.Duration(r.skew.Load())))
 	r.running[j.JobID] = cancel
 	if r.idle == nil {
 		r.idle = make(chan struct{})
