@@ -45,8 +45,9 @@ type Job struct {
 	// Kind is what to do; Params says with what.
 	Kind   JobKind `json:"kind"`
 	Params Params  `json:"params"`
-	// Deadline is when the job must be finished; the agent cancels its
-	// work then and reports CodeTimeout.
+	// Deadline is when the job must be finished, on the control plane's
+	// clock (the agent corrects for the skew it sees in welcome's
+	// server_time); the agent cancels its work then and reports CodeTimeout.
 	Deadline time.Time `json:"deadline"`
 	// Attempt counts dispatches of this job, from 1.
 	Attempt int `json:"attempt"`
