@@ -27,6 +27,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/orchestrator/orchestrator/agent/backoff"
+	"github.com/orchestrator/orchestrator/agent/github"
 	"github.com/orchestrator/orchestrator/agent/policy"
 	"github.com/orchestrator/orchestrator/agent/secrets"
 	"github.com/orchestrator/orchestrator/protocol"
@@ -65,6 +66,7 @@ type Agent struct {
 	signer   ed25519.PrivateKey
 	policy   *policy.Policy
 	secrets  *secrets.Set
+	github   *github.Service
 	log      *zap.Logger
 	version  string
 	dialer   *websocket.Dialer
@@ -137,7 +139,10 @@ func New(o Options) (*Agent, error) {
 	}
 	a.log = a.log.With(zap.String("agent_id", o.Identity.AgentID))
 	if a.secrets == nil {
-		if a.secrets, err = SecretsFromConfig(c); err != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		a.secrets, err = SecretsFromConfig(ctx, c, a.log.Named("secrets"))
+		cancel()
+		if err != nil {
 			return nil, err
 		}
 	}
@@ -146,17 +151,33 @@ func New(o Options) (*Agent, error) {
 			return nil, err
 		}
 	}
+	ua := "orchestrator-agent"
+	if o.Version != "" {
+		ua += "/" + o.Version
+	}
+	if a.github, err = github.New(github.Options{Config: c.GitHub, UserAgent: ua}); err != nil {
+		return nil, err
+	}
 	a.hostname, _ = os.Hostname()
 	a.hard, a.abort = context.WithCancel(context.Background())
 	a.handlers = map[protocol.JobKind]handler{
 		protocol.KindResolveCredentials: a.resolveCredentials,
+		protocol.KindTestConnection:     a.testConnection,
+		protocol.KindListOrganizations:  a.listOrganizations,
 	}
 	a.runner = newRunner(a.hard, c.Concurrency, a.handlers, pol.CheckKind, a.deliver, a.log.Named("runner"))
 	return a, nil
 }
 
-// SecretsFromConfig builds the secret backends the config names.
-func SecretsFromConfig(c Config) (*secrets.Set, error) {
+// SecretsFromConfig builds the secret backends the config names. The AWS
+// and Azure backends sit behind a [secrets.Cache] (secrets.cache_ttl), so
+// that concurrent jobs for one secret make one call. Building them reads
+// their configuration but calls no cloud service; log, if not nil, gets a
+// debug line per call.
+func SecretsFromConfig(ctx context.Context, c Config, log *zap.Logger) (*secrets.Set, error) {
+	if log == nil {
+		log = zap.NewNop()
+	}
 	var bs []secrets.Backend
 	if c.Secrets.File != nil {
 		f, err := secrets.NewFile(c.Secrets.File.Path)
@@ -164,6 +185,21 @@ func SecretsFromConfig(c Config) (*secrets.Set, error) {
 			return nil, fmt.Errorf("secrets.file: %w", err)
 		}
 		bs = append(bs, f)
+	}
+	cache := secrets.CacheOptions{TTL: c.Secrets.CacheTTL, Logger: log}
+	if c.Secrets.AWS != nil {
+		b, err := secrets.NewAWS(ctx, *c.Secrets.AWS, secrets.AWSOptions{Logger: log.Named("aws")})
+		if err != nil {
+			return nil, err
+		}
+		bs = append(bs, secrets.NewCache(b, cache))
+	}
+	if c.Secrets.Azure != nil {
+		b, err := secrets.NewAzure(*c.Secrets.Azure, secrets.AzureOptions{Logger: log.Named("azure")})
+		if err != nil {
+			return nil, err
+		}
+		bs = append(bs, secrets.NewCache(b, cache))
 	}
 	return secrets.NewSet(bs...), nil
 }
@@ -248,6 +284,7 @@ func (a *Agent) Abort() { a.abort() }
 // normally. It returns nil after a drain, or a *FatalError when the control
 // plane refuses the agent for good.
 func (a *Agent) Run(ctx context.Context) error {
+	defer a.github.Close()
 	loop := make(chan error, 1)
 	go func() { loop <- a.connectLoop() }()
 	select {
@@ -499,8 +536,12 @@ func (a *Agent) readLoop(l *link, interval time.Duration, log *zap.Logger) error
 				l.send(&protocol.Message{Type: protocol.TypeResult, Result: &r})
 				break
 			}
-			if reply := a.runner.submit(m.Job); reply != nil {
+			reply, start := a.runner.submit(m.Job)
+			if reply != nil {
 				l.send(reply)
+			}
+			if start != nil {
+				start() // after accepted is queued: the result comes after it
 			}
 		case protocol.TypeCancel:
 			if a.runner.cancel(m.Cancel.JobID, errCanceled) {

@@ -14,7 +14,9 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/orchestrator/orchestrator/agent/github"
 	"github.com/orchestrator/orchestrator/agent/policy"
+	"github.com/orchestrator/orchestrator/agent/secrets"
 )
 
 // Config is the agent's configuration: a YAML file (documented in
@@ -43,6 +45,9 @@ type Config struct {
 	// Policy is the agent's own policy: what it will do, whatever the
 	// control plane asks.
 	Policy policy.Config `yaml:"policy"`
+	// GitHub configures the agent's calls to GitHub: a CA bundle, a proxy,
+	// a timeout per request.
+	GitHub github.Config `yaml:"github"`
 }
 
 // LogConfig configures logging.
@@ -58,7 +63,18 @@ type LogConfig struct {
 // configured is not offered.
 type SecretsConfig struct {
 	File *FileSecretsConfig `yaml:"file"`
+	// AWS configures AWS Secrets Manager (secrets.aws).
+	AWS *secrets.AWSConfig `yaml:"aws"`
+	// Azure configures Azure Key Vault (secrets.azure).
+	Azure *secrets.AzureConfig `yaml:"azure"`
+	// CacheTTL is how long a value read from AWS or Azure is reused, in
+	// memory only; 0 (the default) reuses none. Either way, concurrent
+	// jobs for one secret share one call to the secret manager.
+	CacheTTL time.Duration `yaml:"cache_ttl"`
 }
+
+// MaxCacheTTL bounds secrets.cache_ttl: a rotated secret is seen within it.
+const MaxCacheTTL = 15 * time.Minute
 
 // FileSecretsConfig configures the file backend.
 type FileSecretsConfig struct {
@@ -130,6 +146,14 @@ func (c *Config) applyEnv(getenv func(string) string) error {
 	if v := getenv("AGENT_SECRETS_FILE"); v != "" {
 		c.Secrets.File = &FileSecretsConfig{Path: v}
 	}
+	c.applySecretsEnv(getenv)
+	if v := getenv("AGENT_SECRETS_CACHE_TTL"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return fmt.Errorf("AGENT_SECRETS_CACHE_TTL=%q is not a duration such as 30s", v)
+		}
+		c.Secrets.CacheTTL = d
+	}
 	if v := getenv("AGENT_CONCURRENCY"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil {
@@ -151,7 +175,53 @@ func (c *Config) applyEnv(getenv func(string) string) error {
 		}
 		c.InsecureAllowWS = b
 	}
+	if v := getenv("AGENT_GITHUB_CA_FILE"); v != "" {
+		c.GitHub.CAFile = v
+	}
+	if v := getenv("AGENT_GITHUB_PROXY"); v != "" {
+		c.GitHub.Proxy = v
+	}
+	if v := getenv("AGENT_GITHUB_TIMEOUT"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return fmt.Errorf("AGENT_GITHUB_TIMEOUT=%q is not a duration such as 30s", v)
+		}
+		c.GitHub.Timeout = d
+	}
 	return nil
+}
+
+// applySecretsEnv overrides the AWS and Azure settings from AGENT_AWS_* and
+// AGENT_AZURE_* variables; setting one configures the backend.
+func (c *Config) applySecretsEnv(getenv func(string) string) {
+	aws := map[string]func(*secrets.AWSConfig) *string{
+		"AGENT_AWS_REGION":   func(a *secrets.AWSConfig) *string { return &a.Region },
+		"AGENT_AWS_PROFILE":  func(a *secrets.AWSConfig) *string { return &a.Profile },
+		"AGENT_AWS_ROLE_ARN": func(a *secrets.AWSConfig) *string { return &a.RoleARN },
+		"AGENT_AWS_ENDPOINT": func(a *secrets.AWSConfig) *string { return &a.Endpoint },
+	}
+	for k, field := range aws {
+		if v := getenv(k); v != "" {
+			if c.Secrets.AWS == nil {
+				c.Secrets.AWS = &secrets.AWSConfig{}
+			}
+			*field(c.Secrets.AWS) = v
+		}
+	}
+	azure := map[string]func(*secrets.AzureConfig) *string{
+		"AGENT_AZURE_CREDENTIAL": func(a *secrets.AzureConfig) *string { return &a.Credential },
+		"AGENT_AZURE_CLOUD":      func(a *secrets.AzureConfig) *string { return &a.Cloud },
+		"AGENT_AZURE_CLIENT_ID":  func(a *secrets.AzureConfig) *string { return &a.ClientID },
+		"AGENT_AZURE_TENANT_ID":  func(a *secrets.AzureConfig) *string { return &a.TenantID },
+	}
+	for k, field := range azure {
+		if v := getenv(k); v != "" {
+			if c.Secrets.Azure == nil {
+				c.Secrets.Azure = &secrets.AzureConfig{}
+			}
+			*field(c.Secrets.Azure) = v
+		}
+	}
 }
 
 func (c *Config) setDefaults() {
@@ -196,12 +266,32 @@ func (c *Config) Validate() error {
 	if c.Secrets.File != nil && c.Secrets.File.Path == "" {
 		return errors.New("secrets.file.path: required when secrets.file is set")
 	}
+	if c.Secrets.AWS != nil {
+		a := *c.Secrets.AWS
+		a.SetDefaults()
+		if err := a.Validate(); err != nil {
+			return err
+		}
+	}
+	if c.Secrets.Azure != nil {
+		a := *c.Secrets.Azure
+		a.SetDefaults()
+		if err := a.Validate(); err != nil {
+			return err
+		}
+	}
+	if c.Secrets.CacheTTL < 0 || c.Secrets.CacheTTL > MaxCacheTTL {
+		return fmt.Errorf("secrets.cache_ttl: %s is outside 0s..%s", c.Secrets.CacheTTL, MaxCacheTTL)
+	}
 	if c.CAFile != "" {
 		if _, err := os.Stat(c.CAFile); err != nil {
 			return fmt.Errorf("ca_file: %w", err)
 		}
 	}
 	if _, err := policy.New(c.Policy); err != nil {
+		return err
+	}
+	if err := c.GitHub.Validate(); err != nil {
 		return err
 	}
 	return nil

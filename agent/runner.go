@@ -52,9 +52,11 @@ func newRunner(base context.Context, limit int, handlers map[protocol.JobKind]ha
 	}
 }
 
-// submit starts a job or says why not. A job delivered again while it runs
-// is accepted again and still runs once.
-func (r *runner) submit(j *protocol.Job) *protocol.Message {
+// submit takes a job or says why not. A job delivered again while it runs
+// is accepted again and still runs once. When start is not nil the job is
+// registered as running and the caller calls start once it has queued the
+// reply, so that the job's result cannot overtake its accepted.
+func (r *runner) submit(j *protocol.Job) (reply *protocol.Message, start func()) {
 	accepted := &protocol.Message{Type: protocol.TypeAccepted, Accepted: &protocol.Accepted{JobID: j.JobID, Attempt: j.Attempt}}
 	reject := func(e *protocol.Error) *protocol.Message {
 		r.log.Info("job rejected", zap.String("job_id", j.JobID), zap.String("kind", string(j.Kind)), zap.String("error_code", string(e.Code)))
@@ -63,24 +65,24 @@ func (r *runner) submit(j *protocol.Job) *protocol.Message {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if _, ok := r.running[j.JobID]; ok {
-		return accepted // delivered twice: it runs once
+		return accepted, nil // delivered twice: it runs once
 	}
 	if r.recent[j.JobID] {
 		r.log.Info("job delivered again after it finished; not running it twice", zap.String("job_id", j.JobID))
-		return nil
+		return nil, nil
 	}
 	if r.draining {
-		return reject(protocol.Errorf(protocol.CodeAgentBusy, "the agent is shutting down"))
+		return reject(protocol.Errorf(protocol.CodeAgentBusy, "the agent is shutting down")), nil
 	}
 	if e := r.check(j.Kind); e != nil {
-		return reject(e)
+		return reject(e), nil
 	}
 	h := r.handlers[j.Kind]
 	if h == nil {
-		return reject(protocol.Errorf(protocol.CodeKindNotAllowed, "this agent build does not run %s jobs; upgrade the agent", j.Kind))
+		return reject(protocol.Errorf(protocol.CodeKindNotAllowed, "this agent build does not run %s jobs; upgrade the agent", j.Kind)), nil
 	}
 	if len(r.running) >= r.limit {
-		return reject(protocol.Errorf(protocol.CodeAgentBusy, "the agent is running %d jobs, its concurrency", r.limit))
+		return reject(protocol.Errorf(protocol.CodeAgentBusy, "the agent is running %d jobs, its concurrency", r.limit)), nil
 	}
 	ctx, cancel := context.WithCancelCause(r.base)
 	// The deadline is on the control plane's clock; read it on ours.
@@ -90,18 +92,22 @@ func (r *runner) submit(j *protocol.Job) *protocol.Message {
 		r.idle = make(chan struct{})
 	}
 	r.wg.Add(1)
-	go func() {
-		defer r.wg.Done()
-		defer cancelDeadline()
-		r.run(ctx, j, h)
-	}()
-	return accepted
+	return accepted, func() {
+		go func() {
+			defer r.wg.Done()
+			defer cancelDeadline()
+			r.run(ctx, j, h)
+		}()
+	}
 }
 
 func (r *runner) run(ctx context.Context, j *protocol.Job, h handler) {
 	log := r.log.With(zap.String("job_id", j.JobID), zap.String("kind", string(j.Kind)), zap.Int("attempt", j.Attempt))
 	if j.Params.Secret != nil {
 		log = log.With(zap.String("backend", j.Params.Secret.Backend), zap.Stringer("secret_ref", j.Params.Secret))
+	}
+	if h := githubHost(j.Params.GitHubURL); h != "" {
+		log = log.With(zap.String("github_host", h))
 	}
 	start := time.Now()
 	out, err := h(ctx, log, j)

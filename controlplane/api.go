@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"regexp"
 	"strconv"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -22,8 +23,14 @@ const maxBody = 1 << 20
 
 func (s *Server) routes() {
 	m := http.NewServeMux()
+	// handle registers a route and keeps its pattern for the OpenAPI
+	// document's test.
+	handle := func(pattern string, h http.HandlerFunc) {
+		s.patterns = append(s.patterns, pattern)
+		m.HandleFunc(pattern, h)
+	}
 	admin := func(pattern string, h http.HandlerFunc) {
-		m.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		handle(pattern, func(w http.ResponseWriter, r *http.Request) {
 			if !s.authorized(r) {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="controlplane"`)
 				writeError(w, http.StatusUnauthorized, protocol.Errorf(protocol.CodeUnauthorized,
@@ -33,10 +40,11 @@ func (s *Server) routes() {
 			h(w, r)
 		})
 	}
-	m.HandleFunc("GET /healthz", s.healthz)
-	m.HandleFunc("GET /readyz", s.readyz)
-	m.HandleFunc("POST "+protocol.EnrollPath, s.enroll)
-	m.HandleFunc("GET "+protocol.ConnectPath, s.handleConnect)
+	handle("GET /healthz", s.healthz)
+	handle("GET /readyz", s.readyz)
+	handle("GET "+openAPIPath, s.openAPI)
+	handle("POST "+protocol.EnrollPath, s.enroll)
+	handle("GET "+protocol.ConnectPath, s.handleConnect)
 
 	admin("POST /api/v1/agents", s.registerAgent)
 	admin("GET /api/v1/agents", s.listAgents)
@@ -47,9 +55,24 @@ func (s *Server) routes() {
 	admin("GET /api/v1/jobs", s.listJobs)
 	admin("GET /api/v1/jobs/{id}", s.getJob)
 	admin("POST /api/v1/jobs/{id}/cancel", s.cancelJob)
+	s.connectionRoutes(admin)
 
-	// Anything else: a JSON 404 or 405, like every other API error.
+	// Anything else: a JSON 404 or 405, like every other API error. This
+	// catch-all matches every method, so the mux never answers 405 itself:
+	// a path that another method serves is told so here.
 	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		var allow []string
+		for _, method := range []string{"GET", "POST", "PUT", "PATCH", "DELETE"} {
+			if _, pattern := m.Handler(&http.Request{Method: method, URL: r.URL, Host: r.Host}); pattern != "/" && pattern != "" {
+				allow = append(allow, method)
+			}
+		}
+		if len(allow) > 0 {
+			w.Header().Set("Allow", strings.Join(allow, ", "))
+			writeError(w, http.StatusMethodNotAllowed, protocol.Errorf(protocol.CodeMethodNotAllowed,
+				"%s is not allowed on %s; use %s", r.Method, r.URL.Path, strings.Join(allow, " or ")))
+			return
+		}
 		writeError(w, http.StatusNotFound, protocol.Errorf(protocol.CodeNotFound, "no route %s %s", r.Method, r.URL.Path))
 	})
 	s.mux = m
@@ -425,6 +448,7 @@ func jobView(j store.Job) protocol.JobView {
 		ID: j.ID, AgentID: j.AgentID, Kind: j.Kind, Params: j.Params, State: j.State, Attempts: j.Attempt,
 		Timeout: protocol.Duration(j.Timeout), Deadline: j.Deadline, CreatedAt: j.CreatedAt,
 		DispatchedAt: j.DispatchedAt, AcceptedAt: j.AcceptedAt, FinishedAt: j.FinishedAt, Error: j.Error, Result: j.Output,
+		ConnectionID: j.ConnectionID,
 	}
 	if j.FinishedAt != nil {
 		ms := j.FinishedAt.Sub(j.CreatedAt).Milliseconds()

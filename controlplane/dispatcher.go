@@ -43,9 +43,10 @@ type dispatcher struct {
 	maxAttempts int
 	storeWait   time.Duration
 
-	mu     sync.Mutex // guards the fields below
-	agents map[string]*agentState
-	jobs   map[string]*openJob // every job not yet terminal
+	mu      sync.Mutex // guards the fields below
+	agents  map[string]*agentState
+	jobs    map[string]*openJob // every job not yet terminal
+	stopped bool                // set by stop: no session attaches after it
 }
 
 // agentState is what the dispatcher knows of one agent. Its mutex also
@@ -67,9 +68,10 @@ type agentState struct {
 
 // openJob is a job that has not reached a terminal state.
 type openJob struct {
-	job   store.Job     // guarded by the agent's mu
-	timer *time.Timer   // the deadline
-	done  chan struct{} // closed when the job is terminal
+	agentID string        // the job's agent; never changes, read without a lock
+	job     store.Job     // guarded by the agent's mu
+	timer   *time.Timer   // the deadline
+	done    chan struct{} // closed when the job is terminal
 }
 
 func newDispatcher(st store.Store, log *zap.Logger, now func() time.Time, maxAttempts int) *dispatcher {
@@ -125,7 +127,7 @@ func (d *dispatcher) load(ctx context.Context) error {
 
 // track registers an open job and arms its deadline. Call with a.mu held.
 func (d *dispatcher) track(a *agentState, j store.Job) *openJob {
-	oj := &openJob{job: j, done: make(chan struct{})}
+	oj := &openJob{agentID: j.AgentID, job: j, done: make(chan struct{})}
 	d.mu.Lock()
 	d.jobs[j.ID] = oj
 	d.mu.Unlock()
@@ -143,8 +145,12 @@ func (d *dispatcher) submit(ctx context.Context, j store.Job) (store.Job, error)
 	}
 	oj := d.track(a, j)
 	a.queue = append(a.queue, oj)
-	d.log.Info("job queued", zap.String("job_id", j.ID), zap.String("agent_id", j.AgentID),
-		zap.String("kind", string(j.Kind)), zap.Duration("timeout", j.Timeout))
+	fields := []zap.Field{zap.String("job_id", j.ID), zap.String("agent_id", j.AgentID),
+		zap.String("kind", string(j.Kind)), zap.Duration("timeout", j.Timeout)}
+	if j.ConnectionID != "" {
+		fields = append(fields, zap.String("connection_id", j.ConnectionID))
+	}
+	d.log.Info("job queued", fields...)
 	d.pumpLocked(a)
 	return oj.job, nil
 }
@@ -185,8 +191,12 @@ func (d *dispatcher) pumpLocked(a *agentState) {
 		a.sess.send(&protocol.Message{Type: protocol.TypeJob, Job: &protocol.Job{
 			JobID: j.ID, Kind: j.Kind, Params: j.Params, Deadline: j.Deadline, Attempt: j.Attempt,
 		}})
-		d.log.Info("job dispatched", zap.String("job_id", j.ID), zap.String("agent_id", a.id),
-			zap.String("session_id", a.sess.id), zap.String("kind", string(j.Kind)), zap.Int("attempt", j.Attempt))
+		fields := []zap.Field{zap.String("job_id", j.ID), zap.String("agent_id", a.id),
+			zap.String("session_id", a.sess.id), zap.String("kind", string(j.Kind)), zap.Int("attempt", j.Attempt)}
+		if j.ConnectionID != "" {
+			fields = append(fields, zap.String("connection_id", j.ConnectionID))
+		}
+		d.log.Info("job dispatched", fields...)
 	}
 }
 
@@ -234,6 +244,9 @@ func (d *dispatcher) finishLocked(a *agentState, oj *openJob, state protocol.Job
 	if e != nil {
 		fields = append(fields, zap.String("error_code", string(e.Code)))
 	}
+	if j.ConnectionID != "" {
+		fields = append(fields, zap.String("connection_id", j.ConnectionID))
+	}
 	d.log.Info("job finished", fields...)
 	return true
 }
@@ -277,7 +290,7 @@ func (d *dispatcher) cancel(ctx context.Context, id string) error {
 		}
 		return errJobTerminal
 	}
-	a := d.agent(oj.job.AgentID)
+	a := d.agent(oj.agentID) // not oj.job: it is guarded by a.mu
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if oj.job.State.Terminal() {
@@ -305,11 +318,19 @@ func (d *dispatcher) wait(ctx context.Context, id string) {
 }
 
 // attach makes sess the agent's session, after its hello, and settles the
-// jobs the agent had before by the rules above.
-func (d *dispatcher) attach(sess *session, h *protocol.Hello) {
+// jobs the agent had before by the rules above. It reports false, and does
+// nothing, once stop was called: the server is closing and has already
+// collected the sessions it ends.
+func (d *dispatcher) attach(sess *session, h *protocol.Hello) bool {
 	a := d.agent(sess.agentID)
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	d.mu.Lock()
+	stopped := d.stopped
+	d.mu.Unlock()
+	if stopped {
+		return false
+	}
 	if old := a.sess; old != nil {
 		old.close(protocol.CloseSuperseded, "a newer session of this agent replaced this one")
 	}
@@ -361,6 +382,7 @@ func (d *dispatcher) attach(sess *session, h *protocol.Hello) {
 		}
 	}
 	d.pumpLocked(a)
+	return true
 }
 
 // detach ends sess; its jobs wait for the agent to come back.
@@ -455,7 +477,7 @@ func (d *dispatcher) result(sess *session, r *protocol.Result) bool {
 		d.mu.Lock()
 		oj = d.jobs[r.JobID]
 		d.mu.Unlock()
-		if oj == nil || oj.job.AgentID != a.id {
+		if oj == nil || oj.agentID != a.id {
 			d.log.Debug("result for a job that already ended", zap.String("job_id", r.JobID), zap.String("agent_id", a.id))
 			return true
 		}
@@ -547,9 +569,10 @@ func (d *dispatcher) sessions() []*session {
 	return out
 }
 
-// stop disarms every timer.
+// stop disarms every timer and refuses new sessions.
 func (d *dispatcher) stop() {
 	d.mu.Lock()
+	d.stopped = true
 	agents := make([]*agentState, 0, len(d.agents))
 	for _, a := range d.agents {
 		agents = append(agents, a)

@@ -53,7 +53,12 @@ func testCtx(t testing.TB) context.Context {
 // testCP is a control plane under test. Its httptest server delegates to
 // the current Server, so a restart keeps the URL that agents dial.
 type testCP struct {
-	t    *testing.T
+	t *testing.T // the test that uses this view; see with
+	*cpState
+}
+
+// cpState is the control plane itself, shared by the views of subtests.
+type cpState struct {
 	dir  string
 	opts Options
 	// handshakeWait, when set, shortens the time a connection has to say
@@ -65,10 +70,14 @@ type testCP struct {
 	ts  *httptest.Server
 	cur atomic.Pointer[Server]
 
-	// Touched only by the test goroutine.
+	// Touched only by the goroutine of the test that made it.
 	st  *sqlite.Store
 	srv *Server
 }
+
+// with returns a view of the control plane for subtest t, so that helpers
+// fail the subtest that called them.
+func (c *testCP) with(t *testing.T) *testCP { return &testCP{t: t, cpState: c.cpState} }
 
 type cpOption func(*testCP)
 
@@ -81,7 +90,7 @@ func withHandshakeWait(d time.Duration) cpOption { return func(c *testCP) { c.ha
 func newCP(t *testing.T, opts ...cpOption) *testCP {
 	t.Helper()
 	core, logs := observer.New(zapcore.DebugLevel)
-	c := &testCP{t: t, dir: t.TempDir(), logs: logs, log: zap.New(core)}
+	c := &testCP{t: t, cpState: &cpState{dir: t.TempDir(), logs: logs, log: zap.New(core)}}
 	c.opts.HeartbeatInterval = 2 * time.Second
 	for _, o := range opts {
 		o(c)
@@ -152,7 +161,9 @@ func (c *testCP) restart() {
 	c.start()
 }
 
-func (c *testCP) wsURL() string { return "ws" + strings.TrimPrefix(c.ts.URL, "http") + protocol.ConnectPath }
+func (c *testCP) wsURL() string {
+	return "ws" + strings.TrimPrefix(c.ts.URL, "http") + protocol.ConnectPath
+}
 
 // request sends an HTTP request. body is nil, a string (sent as it is) or a
 // value sent as JSON. auth is the whole Authorization header ("" for none).
@@ -400,6 +411,20 @@ type fakeAgent struct {
 // control plane welcomes it.
 func (c *testCP) connect(k agentKey, mod func(*protocol.Hello)) *fakeAgent {
 	c.t.Helper()
+	return c.connectConn(k, mod, nil)
+}
+
+// connectSilent connects an agent whose reader reads pings but never
+// answers them (and that sends no heartbeats): a hung agent.
+func (c *testCP) connectSilent(k agentKey) *fakeAgent {
+	c.t.Helper()
+	return c.connectConn(k, nil, func(conn *websocket.Conn) { conn.SetPingHandler(func(string) error { return nil }) })
+}
+
+// connectConn is connect, with setup run on the connection before its
+// reader starts.
+func (c *testCP) connectConn(k agentKey, mod func(*protocol.Hello), setup func(*websocket.Conn)) *fakeAgent {
+	c.t.Helper()
 	conn := c.dial(protocol.Subprotocol)
 	nonce := readChallenge(c.t, conn)
 	writeMsg(c.t, conn, helloFor(k, nonce, mod))
@@ -412,9 +437,20 @@ func (c *testCP) connect(k agentKey, mod func(*protocol.Hello)) *fakeAgent {
 		c.t.Fatalf("agent %s: got %s (%v), want welcome", k.id, frame, err)
 	}
 	_ = conn.SetReadDeadline(time.Time{})
+	if setup != nil {
+		setup(conn)
+	}
 	a := &fakeAgent{t: c.t, key: k, conn: conn, welcome: *m.Welcome, in: make(chan []byte, 256), done: make(chan struct{})}
 	go a.read()
 	c.t.Cleanup(a.drop)
+	// The control plane sends welcome, stores the hello, and only then
+	// attaches the session to the dispatcher: wait for that, so that the
+	// script's next step meets an online agent (and a later session of the
+	// same agent really is the newer one).
+	eventually(c.t, 10*time.Second, func() (bool, string) {
+		l := c.cur.Load().disp.live(k.id)
+		return l.sessionID == a.welcome.SessionID, fmt.Sprintf("session %s of agent %s is not attached (live session %q)", a.welcome.SessionID, k.id, l.sessionID)
+	})
 	return a
 }
 
@@ -494,6 +530,28 @@ func (a *fakeAgent) expectAck(jobID string) {
 	if m := a.expect(protocol.TypeResultAck); m.ResultAck.JobID != jobID {
 		a.t.Fatalf("result_ack for %s, want %s", m.ResultAck.JobID, jobID)
 	}
+}
+
+// expectAckAndJob reads the ack of jobID and the next job, in either
+// order: a result frees a slot, and the next job may be sent before the
+// result's ack.
+func (a *fakeAgent) expectAckAndJob(jobID string) *protocol.Job {
+	a.t.Helper()
+	var job *protocol.Job
+	acked := false
+	for !acked || job == nil {
+		m := a.next(5 * time.Second)
+		switch {
+		case m.Type == protocol.TypeResultAck && m.ResultAck.JobID == jobID && !acked:
+			acked = true
+		case m.Type == protocol.TypeJob && job == nil:
+			job = m.Job
+		default:
+			b, _ := json.Marshal(m)
+			a.t.Fatalf("got %s, want the result_ack of %s and a job", b, jobID)
+		}
+	}
+	return job
 }
 
 // expectNothing checks that the control plane sends nothing for d. Only

@@ -16,6 +16,7 @@ import (
 
 	"github.com/gorilla/websocket"
 	"go.uber.org/zap"
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/orchestrator/orchestrator/controlplane/store"
 	"github.com/orchestrator/orchestrator/protocol"
@@ -45,6 +46,9 @@ type Options struct {
 	// MaxAttempts is how many times a job is dispatched to an agent that
 	// comes back without it. Default 3.
 	MaxAttempts int
+	// PasswordCost is the bcrypt cost of connection passwords. Default
+	// bcrypt.DefaultCost (10); tests lower it.
+	PasswordCost int
 	// Version is the control plane's build version, for logs.
 	Version string
 	// Now is the clock; default time.Now.
@@ -70,6 +74,12 @@ type Server struct {
 	disp     *dispatcher
 	upgrader websocket.Upgrader
 	mux      *http.ServeMux
+	// patterns lists the mux patterns that routes registered, for the
+	// OpenAPI document's test.
+	patterns []string
+
+	passwordCost int
+	attempts     *attemptLimiter // failed connection passwords
 
 	connMu  sync.Mutex     // guards closing and conns.Add
 	closing bool           // no new agent sessions once Close began
@@ -96,6 +106,9 @@ func New(o Options) (*Server, error) {
 		adminHash: sha256.Sum256([]byte(o.AdminToken)),
 
 		handshakeWait: handshakeTimeout,
+
+		passwordCost: or(o.PasswordCost, bcrypt.DefaultCost),
+		attempts:     newAttemptLimiter(maxPasswordFailures, passwordWindow),
 	}
 	if s.log == nil {
 		s.log = zap.NewNop()
@@ -105,6 +118,9 @@ func New(o Options) (*Server, error) {
 	}
 	if s.heartbeat < 100*time.Millisecond || s.heartbeat > 10*time.Minute {
 		return nil, fmt.Errorf("controlplane: heartbeat interval %s is outside 100ms..10m", s.heartbeat)
+	}
+	if s.passwordCost < bcrypt.MinCost || s.passwordCost > bcrypt.MaxCost {
+		return nil, fmt.Errorf("controlplane: password cost %d is outside %d..%d", s.passwordCost, bcrypt.MinCost, bcrypt.MaxCost)
 	}
 	if s.defTO > s.maxTO {
 		return nil, fmt.Errorf("controlplane: the default job timeout %s exceeds the maximum %s", s.defTO, s.maxTO)

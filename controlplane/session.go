@@ -146,7 +146,11 @@ func (srv *Server) handleConnect(w http.ResponseWriter, r *http.Request) {
 	cancel()
 
 	go sess.writer(srv.heartbeat)
-	srv.disp.attach(sess, hello)
+	if !srv.disp.attach(sess, hello) {
+		// Close began during the handshake and will not end this session.
+		sess.close(protocol.CloseShuttingDown, "the control plane is shutting down")
+		return
+	}
 	sess.log.Info("agent connected", zap.String("agent", agent.Name), zap.String("agent_version", hello.AgentVersion),
 		zap.String("hostname", hello.Hostname), zap.Int("concurrency", hello.Concurrency),
 		zap.Int("running", len(hello.Running)), zap.Int("held", len(hello.Held)))

@@ -51,6 +51,12 @@ const (
 	CodeMethodNotAllowed  ErrorCode = "method_not_allowed"
 	CodeRequestTooLarge   ErrorCode = "request_too_large"
 	CodeJobNotCancellable ErrorCode = "job_not_cancellable"
+
+	// Saved connections protected by a password (the header
+	// X-Connection-Password).
+	CodePasswordRequired ErrorCode = "password_required"
+	CodePasswordInvalid  ErrorCode = "password_invalid"
+	CodeTooManyAttempts  ErrorCode = "too_many_attempts"
 )
 
 // ErrorCodes lists every code, in the order of the documentation.
@@ -64,6 +70,7 @@ var ErrorCodes = []ErrorCode{
 	CodeUnauthorized, CodeNotFound, CodeConflict, CodeTokenInvalid, CodeAgentRevoked,
 	CodeVersionMismatch, CodeUnavailable, CodeMethodNotAllowed, CodeRequestTooLarge,
 	CodeJobNotCancellable,
+	CodePasswordRequired, CodePasswordInvalid, CodeTooManyAttempts,
 }
 
 var knownCodes = func() map[ErrorCode]bool {

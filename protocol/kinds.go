@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"errors"
 	"fmt"
 	"net/url"
 	"strings"
@@ -206,26 +207,35 @@ func (p *Params) Validate(kind JobKind) error {
 // CheckGitHubURL does the syntax checks that both sides make on a GitHub URL:
 // absolute, http or https, a host, no user info, no query or fragment. The
 // agent's policy decides afterwards whether the host may be called.
-func CheckGitHubURL(raw string) error {
+func CheckGitHubURL(raw string) error { return checkGitHubURL("params.github_url", raw) }
+
+// checkGitHubURL is CheckGitHubURL with errors that name field.
+func checkGitHubURL(field, raw string) error {
 	if raw == "" {
-		return fmt.Errorf("params.github_url is required")
+		return fmt.Errorf("%s is required", field)
 	}
 	if len(raw) > 2048 {
-		return fmt.Errorf("params.github_url is %d bytes; at most 2048", len(raw))
+		return fmt.Errorf("%s is %d bytes; at most 2048", field, len(raw))
 	}
 	u, err := url.Parse(raw)
 	if err != nil {
-		return fmt.Errorf("params.github_url is not a URL: %v", err)
+		// Not the whole *url.Error: it quotes the URL, which may hold a
+		// token in its user info.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return fmt.Errorf("%s is not a URL: %v", field, err)
 	}
 	switch {
 	case u.Scheme != "https" && u.Scheme != "http":
-		return fmt.Errorf("params.github_url must start with https:// (got %q)", truncate(u.Scheme, 16))
+		return fmt.Errorf("%s must start with https:// (got %q)", field, truncate(u.Scheme, 16))
 	case u.Hostname() == "":
-		return fmt.Errorf("params.github_url has no host")
+		return fmt.Errorf("%s has no host", field)
 	case u.User != nil:
-		return fmt.Errorf("params.github_url must not hold user info; credentials come from the secret reference")
+		return fmt.Errorf("%s must not hold user info; credentials come from the secret reference", field)
 	case u.RawQuery != "" || u.Fragment != "" || u.ForceQuery:
-		return fmt.Errorf("params.github_url must not hold a query or fragment")
+		return fmt.Errorf("%s must not hold a query or fragment", field)
 	}
 	return nil
 }
@@ -247,14 +257,23 @@ func (o *Output) Validate() error {
 	}
 	if o.Connection != nil {
 		c := o.Connection
-		for name, l := range map[string]int{"scopes": len(c.Scopes), "missing_scopes": len(c.MissingScopes), "organizations": len(c.Organizations), "timings": len(c.Timings)} {
+		for name, l := range map[string]int{"scopes": len(c.Scopes), "missing_scopes": len(c.MissingScopes), "organizations": len(c.Organizations),
+			"sso_organization_ids": len(c.SSOOrganizationIDs), "warnings": len(c.Warnings), "timings": len(c.Timings)} {
 			if l > MaxListLength {
 				return fmt.Errorf("connection.%s has %d entries; at most %d", name, l, MaxListLength)
+			}
+		}
+		for _, w := range c.Warnings {
+			if err := checkLen("connection.warnings entry", w, MaxMessageText); err != nil {
+				return err
 			}
 		}
 	}
 	if o.Organizations != nil {
 		if err := checkList("organizations.organizations", o.Organizations.Organizations); err != nil {
+			return err
+		}
+		if err := checkList("organizations.sso_organization_ids", o.Organizations.SSOOrganizationIDs); err != nil {
 			return err
 		}
 	}
@@ -302,13 +321,42 @@ type ConnectionOutput struct {
 	MissingScopes  []string `json:"missing_scopes,omitempty"`
 	// Organizations the account can see.
 	Organizations []Organization `json:"organizations,omitempty"`
-	// RateLimitRemaining is what GitHub reported, -1 when it did not.
+	// OrganizationsTruncated is true when the account sees more
+	// organizations than one result holds; Organizations has the first.
+	OrganizationsTruncated bool `json:"organizations_truncated,omitempty"`
+	// SSOOrganizationIDs lists the ids of organizations that GitHub left out
+	// of Organizations because they enforce SAML single sign-on and the
+	// token is not authorized for them (X-GitHub-SSO: partial-results).
+	SSOOrganizationIDs []int64 `json:"sso_organization_ids,omitempty"`
+	// RateLimitRemaining is what GitHub reported, -1 when it did not
+	// (GitHub Enterprise Server has rate limits off by default).
 	RateLimitRemaining int `json:"rate_limit_remaining"`
-	// Timings holds milliseconds per step ("secret", "user", "orgs").
+	// RateLimitReset is when the rate limit window resets, when GitHub said.
+	RateLimitReset *time.Time `json:"rate_limit_reset,omitempty"`
+	// TokenExpiresAt is when the token expires, when GitHub said
+	// (GitHub-Authentication-Token-Expiration); absent for a token without
+	// an expiry.
+	TokenExpiresAt *time.Time `json:"token_expires_at,omitempty"`
+	// Warnings are notes for a person about a connection that works but may
+	// not do all that is expected (scopes that cannot be listed,
+	// organizations that could not be listed or were left out).
+	Warnings []string `json:"warnings,omitempty"`
+	// Timings holds milliseconds per step: "secret" (reading the secret),
+	// "user", "installation", "orgs", "organization", "meta", "probe" (one
+	// per kind of GitHub call made) and "github" (all of GitHub's part).
 	Timings map[string]int64 `json:"timings_ms,omitempty"`
 }
 
 // OrganizationsOutput is the outcome of list_organizations.
 type OrganizationsOutput struct {
+	// Organizations the account can see (for a GitHub App installation
+	// token: the organization it is installed on).
 	Organizations []Organization `json:"organizations"`
+	// Truncated is true when the account sees more organizations than one
+	// result holds; Organizations has the first.
+	Truncated bool `json:"truncated,omitempty"`
+	// SSOOrganizationIDs lists the ids of organizations that GitHub left out
+	// because they enforce SAML single sign-on and the token is not
+	// authorized for them.
+	SSOOrganizationIDs []int64 `json:"sso_organization_ids,omitempty"`
 }

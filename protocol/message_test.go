@@ -43,6 +43,8 @@ type example struct {
 func examples() []example {
 	at := func(d time.Duration) time.Time { return testTime.Add(d) }
 	versionCreated := at(-48 * time.Hour)
+	rateReset := at(time.Hour)
+	tokenExpires := at(90 * 24 * time.Hour)
 	awsRef := &SecretRef{Backend: BackendAWS, SecretName: "ci/github", UsernameKey: "username", PasswordKey: "token", VersionStage: "AWSCURRENT"}
 	azureRef := &SecretRef{Backend: BackendAzure, VaultName: "kv-platform-prod", UsernameSecret: "github-user", PasswordSecret: "github-token"}
 	fileRef := &SecretRef{Backend: BackendFile, SecretName: "/etc/orchestrator/github.json", PasswordKey: "token"}
@@ -100,11 +102,13 @@ func examples() []example {
 		{"result-test_connection", &Message{Type: TypeResult, ID: "ag-6", Result: &Result{
 			JobID: "job_0004", Attempt: 2, OK: true,
 			Output: &Output{Connection: &ConnectionOutput{
-				APIURL: "https://git.example.com/api/v3", GHESVersion: "3.14.2", Login: "svc-orchestrator",
+				APIURL: "https://git.example.com/api/v3/", GHESVersion: "3.14.2", Login: "svc-orchestrator",
 				TokenType: "classic_pat", ScopesListable: true,
 				Scopes: []string{"repo", "read:org"}, MissingScopes: []string{"workflow"},
-				Organizations: orgs, RateLimitRemaining: 4990,
-				Timings: map[string]int64{"secret": 85, "user": 120, "orgs": 95},
+				Organizations: orgs, SSOOrganizationIDs: []int64{1003},
+				RateLimitRemaining: 4990, RateLimitReset: &rateReset, TokenExpiresAt: &tokenExpires,
+				Warnings: []string{"GitHub left out 1 organization(s) that enforce SAML single sign-on and for which the token is not authorized (ids in sso_organization_ids); authorize the token for them on GitHub (token settings, Configure SSO)"},
+				Timings: map[string]int64{"secret": 85, "user": 120, "orgs": 95, "github": 215},
 			}},
 			StartedAt: at(time.Second), FinishedAt: at(1300 * time.Millisecond),
 		}}},

@@ -10,6 +10,10 @@ package protocol
 //     heartbeat, job, accepted, rejected, result, result_ack, cancel,
 //     draining, error. Job kinds resolve_credentials, test_connection,
 //     list_organizations.
+//   - 1 (2026-11-22): optional fields, no version change. ConnectionOutput:
+//     organizations_truncated, sso_organization_ids, rate_limit_reset,
+//     token_expires_at, warnings; OrganizationsOutput: truncated,
+//     sso_organization_ids.
 const Version = 1
 
 // Subprotocol is the websocket subprotocol of [Version].

@@ -185,6 +185,11 @@ func New(c Config) (*Policy, error) {
 	return p, nil
 }
 
+// HTTPAllowed reports whether policy.allow_http_hosts lists hostPort
+// ("host:port", as [Origin.HostPort] gives it), so that it may be called over
+// plain http.
+func (p *Policy) HTTPAllowed(hostPort string) bool { return p.allowHTTP[hostPort] }
+
 // Kinds returns the job kinds the policy allows, in the protocol's order.
 func (p *Policy) Kinds() []protocol.JobKind { return slices.Clone(p.kinds) }
 

@@ -178,16 +178,26 @@ func (f *File) Resolve(ctx context.Context, ref protocol.SecretRef) (Credentials
 // key returns the value of key in the secret, or secret_malformed naming the
 // reference field (setting) that asked for it.
 func (f *File) key(secret string, e entry, key, setting string) (redact.Secret, *protocol.Error) {
-	v, ok := e.values[key]
+	return lookupKey(e.values, secret, key, setting,
+		"add the key to the secrets file "+f.path, "in the secrets file "+f.path+" ", "; quote the value")
+}
+
+// lookupKey returns the string value of key, or secret_malformed: the key
+// is missing (listing the key names found, never the values: fix says how
+// to add it) or holds something else than a string (where says where the
+// secret is, hint how to fix it). setting is the reference field that named
+// the key.
+func lookupKey(values map[string]value, secret, key, setting, fix, where, hint string) (redact.Secret, *protocol.Error) {
+	v, ok := values[key]
 	if !ok {
 		return redact.Secret{}, protocol.Errorf(protocol.CodeSecretMalformed,
-			"the secret %s has no key '%s'; keys found: %s; fix %s in the reference or add the key to the secrets file %s",
-			secret, key, keyNames(e.values), setting, f.path)
+			"the secret %s has no key '%s'; keys found: %s; fix %s in the reference or %s",
+			secret, key, keyNames(values), setting, fix)
 	}
 	if v.kind != "" {
 		return redact.Secret{}, protocol.Errorf(protocol.CodeSecretMalformed,
-			"the key '%s' of the secret %s in the secrets file %s holds %s, not a string; quote the value",
-			key, secret, f.path, v.kind)
+			"the key '%s' of the secret %s %sholds %s, not a string%s",
+			key, secret, where, v.kind, hint)
 	}
 	return v.s, nil
 }
@@ -397,33 +407,14 @@ func parseJSON(data []byte) (secrets map[string]entry, syntax, problem string) {
 			secrets[name] = entry{kind: jsonKind(tok)}
 			continue
 		}
-		e := entry{values: map[string]value{}}
-		for d.More() {
-			at := skipSpace(data, d.InputOffset(), " \t\r\n,")
-			key, err := jsonKey(d)
-			if err != nil {
-				return nil, "syntax error", ""
-			}
-			if _, dup := e.values[key]; dup {
-				return nil, "", "names a key of one secret twice (again at " + position(data, at) + ")"
-			}
-			tok, err := d.Token()
-			if err != nil {
-				return nil, "syntax error", ""
-			}
-			if s, ok := tok.(string); ok {
-				e.values[key] = value{s: redact.New(s)}
-				continue
-			}
-			if err := skipJSON(d, tok); err != nil {
-				return nil, "syntax error", ""
-			}
-			e.values[key] = value{kind: jsonKind(tok)}
-		}
-		if _, err := d.Token(); err != nil { // the closing '}'
+		values, problem, err := readJSONObject(d, data, "names a key of one secret twice")
+		if err != nil {
 			return nil, "syntax error", ""
 		}
-		secrets[name] = e
+		if problem != "" {
+			return nil, "", problem
+		}
+		secrets[name] = entry{values: values}
 	}
 	return secrets, "", ""
 }

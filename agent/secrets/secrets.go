@@ -3,9 +3,12 @@
 //
 // A [Backend] resolves a [protocol.SecretRef] into [Credentials], whose
 // values are [redact.Secret]s so that they print as [REDACTED] wherever they
-// travel. A [Set] routes each reference to the backend it names. This
-// package holds the interface and the local [File] backend; the AWS and Azure
-// backends live in their own packages and satisfy the same interface.
+// travel. A [Set] routes each reference to the backend it names. The
+// backends are [AWS] (AWS Secrets Manager), [Azure] (Azure Key Vault), both
+// through their official SDKs with the machine's own cloud identity, and
+// [File] (a local file); a [Cache] in front of a backend shares concurrent
+// fetches of one reference and can keep values for a short while.
+// Package secretstest holds fake AWS and Azure servers for tests.
 //
 // The contract every backend keeps: Resolve returns a *[protocol.Error]
 // with one of the codes secret_not_found, secret_access_denied,

@@ -1,7 +1,9 @@
 // Command controlplane runs the control plane: the HTTP API, the agents'
-// websocket endpoint and the embedded store.
+// websocket endpoint and the embedded store; and its admin commands, which
+// talk to a running control plane's API.
 //
 //	controlplane serve --data DIR [--listen ADDR] [--config FILE] [--tls-cert F --tls-key F] [--admin-token-file F]
+//	controlplane agents|connections|jobs COMMAND [flags]   (controlplane agents -h)
 package main
 
 import (
@@ -15,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/orchestrator/orchestrator/controlplane"
+	"github.com/orchestrator/orchestrator/controlplane/cli"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -29,13 +32,20 @@ func main() {
 		os.Exit(serve(os.Args[2:]))
 	case "version":
 		fmt.Println(version)
+	case "agents", "connections", "jobs":
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		code := cli.Run(ctx, os.Args[1:], cli.Env{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv})
+		stop()
+		os.Exit(code)
 	default:
 		usage()
 	}
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: controlplane serve --data DIR [flags]   (controlplane serve -h for flags)\n       controlplane version")
+	fmt.Fprintln(os.Stderr, "usage: controlplane serve --data DIR [flags]   (controlplane serve -h for flags)\n"+
+		"       controlplane agents|connections|jobs COMMAND [flags]   (admin commands; controlplane agents -h)\n"+
+		"       controlplane version")
 	os.Exit(2)
 }
 

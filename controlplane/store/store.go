@@ -1,5 +1,5 @@
 // Package store defines what the control plane keeps: agents, their
-// enrollment tokens, and jobs. The dispatcher and the API use only the
+// enrollment tokens, jobs, and saved GitHub connections. The dispatcher and the API use only the
 // Store interface; engines live in subpackages (sqlite today, PostgreSQL
 // later) and are chosen at start-up.
 package store
@@ -21,6 +21,8 @@ var (
 	// ErrTokenInvalid: the enrollment token is unknown, used, expired, or
 	// its agent is revoked.
 	ErrTokenInvalid = errors.New("enrollment token invalid")
+	// ErrStale: the row changed since it was read (its revision moved on).
+	ErrStale = errors.New("changed meanwhile")
 )
 
 // Agent is a registered agent.
@@ -87,6 +89,9 @@ type Job struct {
 	Error *protocol.Error
 	// Output is what a succeeded job found.
 	Output *protocol.Output
+
+	// ConnectionID is the saved connection the job was run for, if any.
+	ConnectionID string
 }
 
 // JobFilter selects jobs for ListJobs. Zero fields match everything.
@@ -95,6 +100,60 @@ type JobFilter struct {
 	State   protocol.JobState
 	// Limit caps the answer (the engine applies a default and a maximum).
 	Limit int
+}
+
+// Connection is a saved GitHub connection: where GitHub is, which agent
+// reaches it, and where that agent finds the credentials. It holds
+// references to secrets, never their values.
+type Connection struct {
+	ID string
+	// Name is unique among connections, ignoring ASCII case.
+	Name      string
+	Kind      protocol.GitHubKind
+	GitHubURL string
+	// AgentID must name a stored agent.
+	AgentID        string
+	Secret         protocol.SecretRef
+	Organization   string
+	RequiredScopes []string
+	Active         bool
+	// PasswordHash is the bcrypt hash of the connection's password; nil
+	// when the connection is not protected.
+	PasswordHash []byte
+	// Revision counts the updates of the configuration: 1 at creation,
+	// one more at each UpdateConnection. Results are recorded only against
+	// the revision they were run for.
+	Revision  int
+	CreatedAt time.Time
+	UpdatedAt time.Time
+	// LastTest is the outcome of the last test of this revision's
+	// configuration (or an older one the update kept it from).
+	LastTest *protocol.ConnectionTest
+	// Organizations is the list fetched last through the agent.
+	Organizations *FetchedOrganizations
+}
+
+// FetchedOrganizations is a list of organizations fetched through the
+// agent, and when.
+type FetchedOrganizations struct {
+	JobID         string                  `json:"job_id"`
+	At            time.Time               `json:"at"`
+	Organizations []protocol.Organization `json:"organizations"`
+}
+
+// ConnectionResult is what a finished job of a connection found. A nil
+// field leaves the stored value alone.
+type ConnectionResult struct {
+	Test          *protocol.ConnectionTest
+	Organizations *FetchedOrganizations
+}
+
+// ConnectionFilter selects connections for ListConnections. Zero fields
+// match everything.
+type ConnectionFilter struct {
+	AgentID string
+	// Name matches ignoring ASCII case.
+	Name string
 }
 
 // Store is the control plane's persistence. Every method is durable when it
@@ -132,6 +191,27 @@ type Store interface {
 	// the stored job's state is one of from, and reports whether it did.
 	// This compare-and-set is how a result is recorded exactly once.
 	UpdateJob(ctx context.Context, j Job, from ...protocol.JobState) (bool, error)
+
+	// CreateConnection stores a new connection. ErrConflict if the name
+	// (ignoring ASCII case) or the id is taken; ErrNotFound if its agent
+	// is unknown.
+	CreateConnection(ctx context.Context, c Connection) error
+	// GetConnection returns the connection with this id, or ErrNotFound.
+	GetConnection(ctx context.Context, id string) (Connection, error)
+	// ListConnections returns the connections matching f, by name.
+	ListConnections(ctx context.Context, f ConnectionFilter) ([]Connection, error)
+	// UpdateConnection replaces every field of the stored connection c.ID
+	// but CreatedAt, if its stored revision is c.Revision, and stores
+	// revision c.Revision+1. ErrStale if the revision moved on, ErrNotFound
+	// if there is no such connection, ErrConflict if the new name is taken.
+	UpdateConnection(ctx context.Context, c Connection) error
+	// RecordConnectionResult stores r on the connection if its revision is
+	// still revision, and reports whether it did. ErrNotFound if there is
+	// no such connection.
+	RecordConnectionResult(ctx context.Context, id string, revision int, r ConnectionResult) (bool, error)
+	// DeleteConnection removes the connection. ErrNotFound if there is no
+	// such connection. Its jobs stay.
+	DeleteConnection(ctx context.Context, id string) error
 
 	// Ping checks that the store answers (readiness).
 	Ping(ctx context.Context) error

@@ -176,8 +176,8 @@ func jobRow(j store.Job) ([]any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return append([]any{j.ID, j.AgentID, string(j.Kind), params, string(j.State), j.Attempt,
-		int64(j.Timeout), deadline, created}, progress[2:]...), nil
+	return append(append([]any{j.ID, j.AgentID, string(j.Kind), params, string(j.State), j.Attempt,
+		int64(j.Timeout), deadline, created}, progress[2:]...), j.ConnectionID), nil
 }
 
 // jobProgress is what UpdateJob writes, in the order of qUpdateJob: state,
@@ -234,7 +234,7 @@ func scanJob(r rowScanner) (store.Job, error) {
 		jerr, out                      sql.NullString
 	)
 	if err := r.Scan(&j.ID, &j.AgentID, &kind, &params, &state, &j.Attempt, &timeout, &deadline,
-		&created, &dispatched, &accepted, &finished, &jerr, &out); err != nil {
+		&created, &dispatched, &accepted, &finished, &jerr, &out, &j.ConnectionID); err != nil {
 		return store.Job{}, err
 	}
 	j.Kind = protocol.JobKind(kind)

@@ -66,8 +66,10 @@ func TestJobRoundTrip(t *testing.T) {
 	unknownKind.Kind = "from_the_future"
 	unknownKind.Params = protocol.Params{}
 	unknownKind.Timeout = 0
+	ofConnection := finishedJob("j-connection")
+	ofConnection.ConnectionID = "con_1"
 
-	for _, j := range []store.Job{newJob("j-queued", "a1", base), finishedJob("j-done"), failed, azure, unknownKind} {
+	for _, j := range []store.Job{newJob("j-queued", "a1", base), finishedJob("j-done"), failed, azure, unknownKind, ofConnection} {
 		t.Run(j.ID, func(t *testing.T) {
 			if err := s.CreateJob(ctx, j); err != nil {
 				t.Fatal(err)

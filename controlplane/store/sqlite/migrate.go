@@ -67,6 +67,31 @@ CREATE INDEX jobs_state_created ON jobs (state, created_at, id);
 CREATE INDEX jobs_open ON jobs (created_at, id)
 	WHERE state IN ('queued', 'dispatched', 'running');
 `,
+	// 2: saved GitHub connections; the connection a job was run for.
+	`
+CREATE TABLE connections (
+	id              TEXT    NOT NULL PRIMARY KEY,
+	name            TEXT    NOT NULL UNIQUE COLLATE NOCASE,
+	kind            TEXT    NOT NULL,
+	github_url      TEXT    NOT NULL,
+	agent_id        TEXT    NOT NULL REFERENCES agents (id),
+	secret          TEXT    NOT NULL CHECK (json_valid(secret)),
+	organization    TEXT    NOT NULL,
+	required_scopes TEXT    NOT NULL CHECK (json_valid(required_scopes)),
+	active          INTEGER NOT NULL CHECK (active IN (0, 1)),
+	password_hash   BLOB,
+	revision        INTEGER NOT NULL,
+	created_at      INTEGER NOT NULL,
+	updated_at      INTEGER NOT NULL,
+	last_test       TEXT CHECK (last_test IS NULL OR json_valid(last_test)),
+	organizations   TEXT CHECK (organizations IS NULL OR json_valid(organizations))
+) STRICT;
+
+-- ListConnections by agent, by name.
+CREATE INDEX connections_agent ON connections (agent_id, name);
+
+ALTER TABLE jobs ADD COLUMN connection_id TEXT NOT NULL DEFAULT '';
+`,
 }
 
 // migrate brings db to len(steps), one transaction per step. A database

@@ -36,10 +36,10 @@ const (
 	qTokenAgent = `SELECT agent_id FROM enrollment_tokens WHERE hash = ?`
 
 	jobCols = `id, agent_id, kind, params, state, attempt, timeout_ns, deadline,
-		created_at, dispatched_at, accepted_at, finished_at, error, output`
+		created_at, dispatched_at, accepted_at, finished_at, error, output, connection_id`
 
 	qInsertJob = `INSERT INTO jobs (` + jobCols + `)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 	qSelectJob = `SELECT ` + jobCols + ` FROM jobs WHERE id = ?`
 	qJobExists = `SELECT 1 FROM jobs WHERE id = ?`
 	// qOpenJobs spells the WHERE of the partial index jobs_open, and names
@@ -49,6 +49,44 @@ const (
 		WHERE state IN ('queued', 'dispatched', 'running')
 		ORDER BY created_at, id`
 )
+
+const (
+	connectionCols = `id, name, kind, github_url, agent_id, secret, organization, required_scopes,
+		active, password_hash, revision, created_at, updated_at, last_test, organizations`
+
+	qInsertConnection = `INSERT INTO connections (` + connectionCols + `)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	qSelectConnection = `SELECT ` + connectionCols + ` FROM connections WHERE id = ?`
+	// qUpdateConnection writes every column but id and created_at, at
+	// revision ?13+1, if the stored revision is ?13.
+	qUpdateConnection = `UPDATE connections SET name = ?1, kind = ?2, github_url = ?3, agent_id = ?4,
+		secret = ?5, organization = ?6, required_scopes = ?7, active = ?8, password_hash = ?9,
+		updated_at = ?10, last_test = ?11, organizations = ?12, revision = ?13 + 1
+		WHERE id = ?14 AND revision = ?13`
+	// qRecordConnection keeps a column whose new value is NULL.
+	qRecordConnection = `UPDATE connections SET last_test = coalesce(?1, last_test),
+		organizations = coalesce(?2, organizations)
+		WHERE id = ?3 AND revision = ?4`
+	qConnectionExists = `SELECT 1 FROM connections WHERE id = ?`
+	qDeleteConnection = `DELETE FROM connections WHERE id = ?`
+)
+
+// qListConnections is ListConnections' statement for its filter: the agent
+// and the name are arguments when filtered on, in that order.
+func qListConnections(byAgent, byName bool) string {
+	var where []string
+	if byAgent {
+		where = append(where, "agent_id = ?")
+	}
+	if byName {
+		where = append(where, "name = ?") // the column's collation: NOCASE
+	}
+	q := `SELECT ` + connectionCols + ` FROM connections`
+	if len(where) > 0 {
+		q += ` WHERE ` + strings.Join(where, " AND ")
+	}
+	return q + ` ORDER BY name, id`
+}
 
 // maxFromStates is how many distinct states UpdateJob can be asked to move
 // from: all of them.
@@ -86,6 +124,7 @@ func writeQueries() []string {
 		qInsertAgent, qSelectAgent, qAgentExists, qRevokeAgent, qSetAgentKey, qUpdateAgentInfo,
 		qInsertToken, qVoidTokens, qSpendToken, qTokenAgent,
 		qInsertJob, qJobExists,
+		qInsertConnection, qUpdateConnection, qRecordConnection, qConnectionExists, qDeleteConnection,
 	}
 	for n := 1; n <= maxFromStates; n++ {
 		q = append(q, qUpdateJob(n))
@@ -95,10 +134,10 @@ func writeQueries() []string {
 
 // readQueries are the statements the read pool runs.
 func readQueries() []string {
-	q := []string{qPing, qSelectAgent, qListAgents, qSelectJob, qOpenJobs}
+	q := []string{qPing, qSelectAgent, qListAgents, qSelectJob, qOpenJobs, qSelectConnection}
 	for _, a := range []bool{false, true} {
 		for _, s := range []bool{false, true} {
-			q = append(q, qListJobs(a, s))
+			q = append(q, qListJobs(a, s), qListConnections(a, s))
 		}
 	}
 	return q

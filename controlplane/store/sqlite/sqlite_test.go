@@ -310,7 +310,7 @@ func TestMigrations(t *testing.T) {
 		if v != len(migrations) {
 			t.Errorf("user_version = %d, want %d", v, len(migrations))
 		}
-		if got, want := tables(t, db), "agents,enrollment_tokens,jobs"; got != want {
+		if got, want := tables(t, db), "agents,connections,enrollment_tokens,jobs"; got != want {
 			t.Errorf("tables = %s, want %s", got, want)
 		}
 	})
