@@ -321,7 +321,9 @@ func TestConnectionCreateInvalid(t *testing.T) {
 		{"no kind", mod(func(r *protocol.CreateConnectionRequest) { r.Kind = "" }), []string{"kind is required"}},
 		{"bad kind", mod(func(r *protocol.CreateConnectionRequest) { r.Kind = "gitlab" }), []string{`kind "gitlab"`}},
 		{"no url", mod(func(r *protocol.CreateConnectionRequest) { r.GitHubURL = "" }), []string{"github_url is required"}},
-		{"url with user info", mod(func(r *protocol.CreateConnectionRequest) { r.GitHubURL = "https://bot:" + connCanary + "@git.example.com" }), []string{"github_url", "user info"}},
+		{"url with user info", mod(func(r *protocol.CreateConnectionRequest) {
+			r.GitHubURL = "https://bot:" + connCanary + "@git.example.com"
+		}), []string{"github_url", "user info"}},
 		{"url with a path", mod(func(r *protocol.CreateConnectionRequest) { r.GitHubURL = "https://git.example.com/orgs/acme" }), []string{"github_url", "path"}},
 		{"ghes at github.com", mod(func(r *protocol.CreateConnectionRequest) { r.GitHubURL = "https://github.com" }), []string{"github_cloud"}},
 		{"no agent", mod(func(r *protocol.CreateConnectionRequest) { r.AgentID = "" }), []string{"agent_id is required"}},

@@ -13,7 +13,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -697,19 +696,6 @@ func (c *testCP) waitStatus(id, status string) protocol.AgentView {
 	return v
 }
 
-// settle waits until the dispatcher has no session for the agent, so that
-// the next connect is a reconnection rather than a superseding session.
+// waitOffline waits until the dispatcher has no session for the agent, so
+// that the next connect is a reconnection rather than a superseding session.
 func (c *testCP) waitOffline(id string) { c.t.Helper(); c.waitStatus(id, protocol.AgentOffline) }
-
-// mutex-guarded sink used by several tests.
-type syncList[T any] struct {
-	mu sync.Mutex
-	v  []T
-}
-
-func (l *syncList[T]) add(v T) { l.mu.Lock(); l.v = append(l.v, v); l.mu.Unlock() }
-func (l *syncList[T]) all() []T {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return append([]T(nil), l.v...)
-}

@@ -181,14 +181,17 @@ type runner struct {
 // flags returns the command's flag set with the common flags.
 func (r *runner) flags() *flag.FlagSet {
 	fs := flag.NewFlagSet("controlplane "+r.name, flag.ContinueOnError)
-	fs.SetOutput(r.env.Stderr)
+	// Parse errors are printed once, by Run; -h prints the usage below.
+	fs.SetOutput(io.Discard)
 	fs.StringVar(&r.url, "url", "", "the control plane's URL (default $CONTROLPLANE_URL, else "+DefaultURL+")")
 	fs.StringVar(&r.token, "token", "", "the admin token (default $CONTROLPLANE_ADMIN_TOKEN)")
 	fs.StringVar(&r.tokenFile, "token-file", "", "a file holding the admin token")
 	fs.BoolVar(&r.json, "json", false, "print the API's JSON answer")
 	fs.Usage = func() {
 		fmt.Fprintf(r.env.Stderr, "usage: controlplane %s %s [flags]\n  %s\n\nflags:\n", r.name, r.cmd.args, r.cmd.summary)
+		fs.SetOutput(r.env.Stderr)
 		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
 	}
 	r.fs = fs
 	return fs
@@ -206,6 +209,7 @@ func (r *runner) parse(args []string, minPos, maxPos int) ([]string, error) {
 	for {
 		if err := r.fs.Parse(args); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
+				r.fs.Usage()
 				return nil, err
 			}
 			return nil, &usageError{err.Error()}
