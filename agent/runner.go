@@ -126,6 +126,9 @@ func (r *runner) run(ctx context.Context, j *protocol.Job, h handler) {
 	}
 	log.Info("job done", fields...)
 
+	// Hold the result before the job stops counting as running, so that a
+	// hello built in between lists the job one way or the other.
+	r.deliver(res)
 	r.mu.Lock()
 	if cancel := r.running[j.JobID]; cancel != nil {
 		cancel(nil)
@@ -137,7 +140,6 @@ func (r *runner) run(ctx context.Context, j *protocol.Job, h handler) {
 		r.idle = nil
 	}
 	r.mu.Unlock()
-	r.deliver(res)
 }
 
 // remember keeps a bounded set of finished job ids.
