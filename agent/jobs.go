@@ -5,6 +5,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -19,11 +20,13 @@ func (a *Agent) resolveCredentials(ctx context.Context, log *zap.Logger, j *prot
 	if e := a.policy.CheckSecret(ref); e != nil {
 		return nil, e
 	}
+	start := time.Now()
 	creds, err := a.secrets.Resolve(ctx, ref)
 	if err != nil {
 		return nil, err
 	}
 	return &protocol.Output{Credentials: &protocol.CredentialsOutput{
+		Timings:        map[string]int64{"secret": time.Since(start).Milliseconds()},
 		Backend:        ref.Backend,
 		Reference:      ref,
 		KeysFound:      creds.KeysFound,

@@ -296,6 +296,9 @@ type CredentialsOutput struct {
 	// only the agent holds: it changes when the secret is rotated and tells
 	// nothing about the value.
 	Fingerprint string `json:"fingerprint"`
+	// Timings holds milliseconds per step ("secret": the secret manager
+	// call, or the cache).
+	Timings map[string]int64 `json:"timings_ms,omitempty"`
 }
 
 // Organization is a GitHub organization the account can see.
