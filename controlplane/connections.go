@@ -2,7 +2,6 @@ package controlplane
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -646,8 +645,11 @@ func fetched(j store.Job, now time.Time) *store.FetchedOrganizations {
 }
 
 // record stores what a terminal job of connection c found, if c is still
-// at the revision the job ran for, and returns c as stored afterwards.
-func (s *Server) record(ctx context.Context, c store.Connection, res store.ConnectionResult) store.Connection {
+// at the revision the job ran for, and returns c as stored afterwards. It
+// goes on if the caller leaves: the outcome belongs to the connection.
+func (s *Server) record(c store.Connection, res store.ConnectionResult) store.Connection {
+	ctx, cancel := s.storeCtx()
+	defer cancel()
 	ok, err := s.store.RecordConnectionResult(ctx, c.ID, c.Revision, res)
 	switch {
 	case err != nil:
@@ -685,7 +687,7 @@ func (s *Server) testConnection(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	test := testOutcome(j, s.now())
-	c = s.record(r.Context(), c, store.ConnectionResult{Test: test, Organizations: fetched(j, s.now())})
+	c = s.record(c, store.ConnectionResult{Test: test, Organizations: fetched(j, s.now())})
 	fields := append(connectionLog(c), zap.String("job_id", j.ID), zap.Bool("ok", test.OK))
 	if test.Error != nil {
 		fields = append(fields, zap.String("error_code", string(test.Error.Code)))
@@ -765,7 +767,7 @@ func (s *Server) connectionOrganizations(w http.ResponseWriter, r *http.Request)
 		writeError(w, status, protocol.Errorf(e.Code, "%s (job %s)", e.Message, j.ID))
 		return
 	}
-	c = s.record(r.Context(), c, store.ConnectionResult{Organizations: orgs})
+	c = s.record(c, store.ConnectionResult{Organizations: orgs})
 	s.log.Info("connection organizations fetched", append(connectionLog(c), zap.String("job_id", j.ID),
 		zap.Int("organizations", len(orgs.Organizations)))...)
 	list := orgs.Organizations

@@ -108,7 +108,7 @@ func examples() []example {
 				Organizations: orgs, SSOOrganizationIDs: []int64{1003},
 				RateLimitRemaining: 4990, RateLimitReset: &rateReset, TokenExpiresAt: &tokenExpires,
 				Warnings: []string{"GitHub left out 1 organization(s) that enforce SAML single sign-on and for which the token is not authorized (ids in sso_organization_ids); authorize the token for them on GitHub (token settings, Configure SSO)"},
-				Timings: map[string]int64{"secret": 85, "user": 120, "orgs": 95, "github": 215},
+				Timings:  map[string]int64{"secret": 85, "user": 120, "orgs": 95, "github": 215},
 			}},
 			StartedAt: at(time.Second), FinishedAt: at(1300 * time.Millisecond),
 		}}},

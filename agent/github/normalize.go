@@ -26,13 +26,6 @@ type Endpoint struct {
 	Instance string
 }
 
-// Host returns the origin's "host[:port]" as written in URLs, the default
-// port left out; for logs and messages.
-func (e Endpoint) Host() string {
-	s := e.Origin.String()
-	return s[strings.Index(s, "://")+3:]
-}
-
 // maxURL bounds a GitHub URL, as protocol.CheckGitHubURL does.
 const maxURL = 2048
 

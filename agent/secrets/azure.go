@@ -121,7 +121,10 @@ func (c *AzureConfig) SetDefaults() {
 	}
 }
 
-var azureGUID = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+var (
+	azureGUID   = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+	azureDomain = regexp.MustCompile(`^[a-zA-Z0-9.-]{1,253}$`) // a tenant given by its domain
+)
 
 // Validate checks the settings (after SetDefaults) and names the one that
 // is wrong. It does not read the environment or the files.
@@ -137,7 +140,7 @@ func (c *AzureConfig) Validate() error {
 	if c.ClientID != "" && !azureGUID.MatchString(c.ClientID) {
 		return fmt.Errorf("secrets.azure.client_id: %q is not a client id such as 00000000-0000-0000-0000-000000000000", clip(c.ClientID, 64))
 	}
-	if c.TenantID != "" && !azureGUID.MatchString(c.TenantID) && !regexp.MustCompile(`^[a-zA-Z0-9.-]{1,253}$`).MatchString(c.TenantID) {
+	if c.TenantID != "" && !azureGUID.MatchString(c.TenantID) && !azureDomain.MatchString(c.TenantID) {
 		return fmt.Errorf("secrets.azure.tenant_id: %q is not a tenant id or domain", clip(c.TenantID, 64))
 	}
 	if c.ClientSecretFile != "" && c.Credential != AzureClientSecret {
