@@ -57,6 +57,9 @@ type Options struct {
 	// Observe, when set, sees every frame sent ("out") and received ("in").
 	// For tests and debugging.
 	Observe func(direction string, frame []byte)
+	// Observer sees sessions, jobs, secret reads and GitHub calls (metrics,
+	// readiness); default: none.
+	Observer Observer
 }
 
 // Agent is the daemon. Create it with New and call Run once.
@@ -72,6 +75,7 @@ type Agent struct {
 	dialer   *websocket.Dialer
 	backoff  *backoff.Backoff
 	observe  func(string, []byte)
+	obs      Observer
 	url      string
 	hostname string
 
@@ -94,6 +98,8 @@ type Status struct {
 	SessionID      string
 	ConnectedSince time.Time
 	LastError      string
+	// JobsRunning is how many jobs run now.
+	JobsRunning int
 }
 
 // FatalError ends Run: retrying cannot help (revoked, key not accepted,
@@ -137,6 +143,9 @@ func New(o Options) (*Agent, error) {
 	if a.log == nil {
 		a.log = zap.NewNop()
 	}
+	if a.obs = o.Observer; a.obs == nil {
+		a.obs = NopObserver{}
+	}
 	a.log = a.log.With(zap.String("agent_id", o.Identity.AgentID))
 	if a.secrets == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -146,6 +155,7 @@ func New(o Options) (*Agent, error) {
 			return nil, err
 		}
 	}
+	a.secrets = a.secrets.Observed(a.obs.SecretCall)
 	if a.dialer == nil {
 		if a.dialer, err = NewDialer(c); err != nil {
 			return nil, err
@@ -155,7 +165,7 @@ func New(o Options) (*Agent, error) {
 	if o.Version != "" {
 		ua += "/" + o.Version
 	}
-	if a.github, err = github.New(github.Options{Config: c.GitHub, UserAgent: ua}); err != nil {
+	if a.github, err = github.New(github.Options{Config: c.GitHub, UserAgent: ua, Observe: a.obs.GitHubCall}); err != nil {
 		return nil, err
 	}
 	a.hostname, _ = os.Hostname()
@@ -166,6 +176,7 @@ func New(o Options) (*Agent, error) {
 		protocol.KindListOrganizations:  a.listOrganizations,
 	}
 	a.runner = newRunner(a.hard, c.Concurrency, a.handlers, pol.CheckKind, a.deliver, a.log.Named("runner"))
+	a.runner.onDone = a.obs.JobDone
 	return a, nil
 }
 
@@ -208,6 +219,13 @@ func SecretsFromConfig(ctx context.Context, c Config, log *zap.Logger) (*secrets
 // against the system's roots plus CAFile.
 func TLSConfig(c Config) (*tls.Config, error) {
 	t := &tls.Config{MinVersion: tls.VersionTLS12}
+	pins, err := ParsePins(c.ControlPlaneCAPin)
+	if err != nil {
+		return nil, err
+	}
+	if len(pins) > 0 {
+		t.VerifyConnection = pinVerifier(pins)
+	}
 	if c.CAFile == "" {
 		return t, nil
 	}
@@ -226,15 +244,20 @@ func TLSConfig(c Config) (*tls.Config, error) {
 	return t, nil
 }
 
-// NewDialer builds the websocket dialer: TLS verified, the HTTPS_PROXY of
-// the environment honored, the protocol's subprotocol offered.
+// NewDialer builds the websocket dialer: TLS verified (and pinned), the
+// proxy setting or else the environment's HTTPS_PROXY honored, the
+// protocol's subprotocol offered.
 func NewDialer(c Config) (*websocket.Dialer, error) {
 	t, err := TLSConfig(c)
 	if err != nil {
 		return nil, err
 	}
+	proxy, err := ProxyFunc(c)
+	if err != nil {
+		return nil, err
+	}
 	return &websocket.Dialer{
-		Proxy:            http.ProxyFromEnvironment,
+		Proxy:            proxy,
 		TLSClientConfig:  t,
 		HandshakeTimeout: 15 * time.Second,
 		Subprotocols:     []string{protocol.Subprotocol},
@@ -250,8 +273,13 @@ func HTTPClient(c Config) (*http.Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	proxy, err := ProxyFunc(c)
+	if err != nil {
+		return nil, err
+	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = t
+	tr.Proxy = proxy
 	return &http.Client{Transport: tr, Timeout: 30 * time.Second}, nil
 }
 
@@ -270,8 +298,10 @@ func (a *Agent) Kinds() []protocol.JobKind {
 // Status reports the connection state.
 func (a *Agent) Status() Status {
 	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.status
+	s := a.status
+	a.mu.Unlock()
+	s.JobsRunning = a.runner.count()
+	return s
 }
 
 // Abort stops everything at once: running jobs are canceled and the
@@ -354,6 +384,7 @@ func (a *Agent) connectLoop() error {
 		a.backoff.Connected(connected)
 		delay := a.backoff.Next()
 		a.log.Warn("reconnecting", zap.Duration("delay", delay), zap.Duration("connected_for", connected), zap.Error(err))
+		a.obs.Reconnecting(delay, err)
 		t := time.NewTimer(delay)
 		select {
 		case <-a.hard.Done():
@@ -413,7 +444,9 @@ func (a *Agent) session() (time.Duration, error) {
 	a.status = Status{Connected: true, SessionID: welcome.SessionID, ConnectedSince: established}
 	draining := a.draining
 	a.mu.Unlock()
+	a.runner.sessionID.Store(welcome.SessionID)
 	log.Info("connected", zap.String("control_plane", a.cfg.ControlPlane), zap.Duration("heartbeat", interval))
+	a.obs.Connected(welcome.SessionID)
 
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -431,6 +464,7 @@ func (a *Agent) session() (time.Duration, error) {
 	l.close(websocket.CloseNormalClosure, "")
 	wg.Wait()
 	log.Info("disconnected", zap.Error(err))
+	a.obs.Disconnected(err)
 	return time.Since(established), err
 }
 

@@ -33,6 +33,18 @@ type Config struct {
 	// InsecureAllowWS allows plain ws:// and http:// to the control plane:
 	// for development and tests only.
 	InsecureAllowWS bool `yaml:"insecure_allow_ws"`
+	// Proxy is how the control plane is reached: empty uses HTTPS_PROXY /
+	// NO_PROXY from the environment; "direct" uses none; an http:// or
+	// socks5:// URL (user:password@ for basic auth) sends the websocket
+	// through that proxy. See config_ops.go.
+	Proxy string `yaml:"proxy"`
+	// ControlPlaneCAPin, when set, pins the control plane's CA: a
+	// certificate of the verified chain must have one of these SHA-256
+	// digests (of its public key, or of the whole certificate).
+	ControlPlaneCAPin string `yaml:"control_plane_ca_pin"`
+	// Metrics configures the optional local /healthz, /readyz, /metrics
+	// listener.
+	Metrics MetricsConfig `yaml:"metrics"`
 	// Concurrency is how many jobs run at once. Default 4.
 	Concurrency int `yaml:"concurrency"`
 	// DrainGrace is how long running jobs may take to finish on shutdown.
@@ -57,6 +69,13 @@ type LogConfig struct {
 	Format string `yaml:"format"`
 	// Level is debug, info, warn or error. Default info.
 	Level string `yaml:"level"`
+	// File, when set, receives the logs too (stderr still does), rotated
+	// by size: MaxSizeMB per file, MaxBackups old files kept for at most
+	// MaxAgeDays. Defaults 50, 5, 30.
+	File       string `yaml:"file"`
+	MaxSizeMB  int    `yaml:"max_size_mb"`
+	MaxBackups int    `yaml:"max_backups"`
+	MaxAgeDays int    `yaml:"max_age_days"`
 }
 
 // SecretsConfig configures the secret backends. A backend that is not
@@ -175,6 +194,9 @@ func (c *Config) applyEnv(getenv func(string) string) error {
 		}
 		c.InsecureAllowWS = b
 	}
+	if err := c.applyOpsEnv(getenv); err != nil {
+		return err
+	}
 	if v := getenv("AGENT_GITHUB_CA_FILE"); v != "" {
 		c.GitHub.CAFile = v
 	}
@@ -240,6 +262,7 @@ func (c *Config) setDefaults() {
 	if c.Log.Level == "" {
 		c.Log.Level = "info"
 	}
+	c.setOpsDefaults()
 }
 
 // Validate checks every setting and names the one that is wrong.
@@ -287,6 +310,9 @@ func (c *Config) Validate() error {
 		if _, err := os.Stat(c.CAFile); err != nil {
 			return fmt.Errorf("ca_file: %w", err)
 		}
+	}
+	if err := c.validateOps(); err != nil {
+		return err
 	}
 	if _, err := policy.New(c.Policy); err != nil {
 		return err

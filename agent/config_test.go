@@ -261,15 +261,15 @@ func TestConnectURL(t *testing.T) {
 
 func TestNewLogger(t *testing.T) {
 	t.Parallel()
-	for _, c := range []LogConfig{{"json", "debug"}, {"console", "info"}, {"auto", "warn"}, {"", "error"}} {
+	for _, c := range []LogConfig{{Format: "json", Level: "debug"}, {Format: "console", Level: "info"}, {Format: "auto", Level: "warn"}, {Format: "", Level: "error"}} {
 		if _, err := NewLogger(c); err != nil {
 			t.Errorf("NewLogger(%+v): %v", c, err)
 		}
 	}
-	if _, err := NewLogger(LogConfig{"json", "loud"}); err == nil || !strings.Contains(err.Error(), "log.level") {
+	if _, err := NewLogger(LogConfig{Format: "json", Level: "loud"}); err == nil || !strings.Contains(err.Error(), "log.level") {
 		t.Errorf("bad level: %v", err)
 	}
-	if _, err := NewLogger(LogConfig{"xml", "info"}); err == nil || !strings.Contains(err.Error(), "log.format") {
+	if _, err := NewLogger(LogConfig{Format: "xml", Level: "info"}); err == nil || !strings.Contains(err.Error(), "log.format") {
 		t.Errorf("bad format: %v", err)
 	}
 }

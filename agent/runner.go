@@ -32,6 +32,10 @@ type runner struct {
 	log      *zap.Logger
 	base     context.Context // the agent's hard lifetime
 	skew     atomic.Int64    // control plane clock minus ours, in ns
+	// sessionID is the current (or last) session's id, for the job lines.
+	sessionID atomic.Value // string
+	// onDone, when set, sees each job's outcome (metrics).
+	onDone func(kind protocol.JobKind, outcome string, code protocol.ErrorCode, d time.Duration)
 
 	mu        sync.Mutex // guards the fields below
 	running   map[string]context.CancelCauseFunc
@@ -103,6 +107,9 @@ func (r *runner) submit(j *protocol.Job) (reply *protocol.Message, start func())
 
 func (r *runner) run(ctx context.Context, j *protocol.Job, h handler) {
 	log := r.log.With(zap.String("job_id", j.JobID), zap.String("kind", string(j.Kind)), zap.Int("attempt", j.Attempt))
+	if sid, _ := r.sessionID.Load().(string); sid != "" {
+		log = log.With(zap.String("session_id", sid))
+	}
 	if j.Params.Secret != nil {
 		log = log.With(zap.String("backend", j.Params.Secret.Backend), zap.Stringer("secret_ref", j.Params.Secret))
 	}
@@ -120,11 +127,16 @@ func (r *runner) run(ctx context.Context, j *protocol.Job, h handler) {
 	} else {
 		res.Error = jobError(ctx, err, log)
 	}
-	fields := []zap.Field{zap.Bool("ok", res.OK), zap.Int64("duration_ms", time.Since(start).Milliseconds())}
+	took := time.Since(start)
+	outcome, code := jobOutcome(&res)
+	fields := []zap.Field{zap.Bool("ok", res.OK), zap.String("outcome", outcome), zap.Int64("duration_ms", took.Milliseconds())}
 	if res.Error != nil {
 		fields = append(fields, zap.String("error_code", string(res.Error.Code)), zap.String("error", res.Error.Message))
 	}
 	log.Info("job done", fields...)
+	if r.onDone != nil {
+		r.onDone(j.Kind, outcome, code, took)
+	}
 
 	// Hold the result before the job stops counting as running, so that a
 	// hello built in between lists the job one way or the other.

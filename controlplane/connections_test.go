@@ -812,6 +812,12 @@ func TestConnectionTestUnsaved(t *testing.T) {
 	if len(list.Connections) != 0 {
 		t.Errorf("the unsaved test saved %+v", list.Connections)
 	}
+	// The route is a literal path for the mux: other methods are told so.
+	r = connCall(t, c, "GET", "/api/v1/connections:test", nil, "")
+	checkAPIError(t, "GET :test", r.status, r.header, r.body, http.StatusMethodNotAllowed, protocol.CodeMethodNotAllowed)
+	if r.header.Get("Allow") != "POST" {
+		t.Errorf("Allow = %q, want POST", r.header.Get("Allow"))
+	}
 	// Validated like a creation (but the name is not needed).
 	bad := connRequest("", k.id)
 	bad.GitHubURL = "ftp://git.example.com"

@@ -174,15 +174,15 @@ func TestOpenAPISchemas(t *testing.T) {
 		sort.Strings(props)
 		required := slices.Sorted(slices.Values(sc.Required))
 		if !slices.Equal(props, all) {
-			t.Errorf("schema %s has properties %v; protocol.%s has %v", name, props, name, all)
+			t.Errorf("schema %s (controlplane/openapi.yaml) has properties %v; protocol.%s has %v", name, props, name, all)
 		}
 		if !slices.Equal(required, always) {
-			t.Errorf("schema %s requires %v; protocol.%s always sends %v", name, required, name, always)
+			t.Errorf("schema %s (controlplane/openapi.yaml) requires %v; protocol.%s always sends %v", name, required, name, always)
 		}
 	}
 	for name := range types {
 		if _, ok := doc.Components.Schemas[name]; !ok {
-			t.Errorf("protocol.%s has no schema", name)
+			t.Errorf("protocol.%s has no schema in controlplane/openapi.yaml", name)
 		}
 	}
 

@@ -41,6 +41,13 @@ const (
 	connRevokedToken = "ghp_e2eCANARYconnRevoked5e1fDO-NOT-LEAK"
 )
 
+// connJourneyOptions: a cheap bcrypt cost, and heartbeats slow enough that
+// a busy test machine does not take the agent for offline mid-journey.
+func connJourneyOptions(o *controlplane.Options) {
+	o.PasswordCost = 4
+	o.HeartbeatInterval = time.Second
+}
+
 // connJourneyFake starts a fake GitHub whose canary token is a classic PAT
 // of an account in two organizations (and one behind SSO, which GitHub
 // leaves out of the list).
@@ -216,7 +223,7 @@ func TestConnectionJourney(t *testing.T) {
 		{"github.com", githubtest.Cloud, protocol.GitHubCloud},
 	} {
 		t.Run(mode.name, func(t *testing.T) {
-			cp := newControlPlane(t, func(o *controlplane.Options) { o.PasswordCost = 4 })
+			cp := newControlPlane(t, connJourneyOptions)
 			fake := connJourneyFake(t, mode.mode)
 
 			// A platform admin registers an agent; it enrolls on its VM and runs.
@@ -369,7 +376,7 @@ func TestConnectionJourney(t *testing.T) {
 // TestConnectionJourneyCLI walks the same journey with the admin commands
 // that the README shows, through the control plane's recording client.
 func TestConnectionJourneyCLI(t *testing.T) {
-	cp := newControlPlane(t, func(o *controlplane.Options) { o.PasswordCost = 4 })
+	cp := newControlPlane(t, connJourneyOptions)
 	fake := connJourneyFake(t, githubtest.GHES)
 	dir := t.TempDir()
 	pwFile := filepath.Join(dir, "connection-password")

@@ -130,6 +130,10 @@ type Options struct {
 	Config Config
 	// UserAgent is sent to GitHub; default "orchestrator-agent".
 	UserAgent string
+	// Observe, when set, sees every HTTP call to GitHub as it ends: the
+	// answer's status (0 when none came), the error, the duration. For
+	// metrics; it must return at once.
+	Observe func(status int, err error, d time.Duration)
 }
 
 // Service calls GitHub for the agent's jobs. Build it with [New]; it is
@@ -142,6 +146,7 @@ type Service struct {
 	// "github.proxy", "the environment (HTTPS_PROXY)" or "".
 	proxySetting string
 	caFile       string
+	observe      func(status int, err error, d time.Duration)
 }
 
 // New builds a Service from validated options: TLS verified against the
@@ -152,7 +157,7 @@ func New(o Options) (*Service, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Service{timeout: c.Timeout, userAgent: o.UserAgent, caFile: c.CAFile}
+	s := &Service{timeout: c.Timeout, userAgent: o.UserAgent, caFile: c.CAFile, observe: o.Observe}
 	if s.timeout == 0 {
 		s.timeout = DefaultTimeout
 	}
@@ -236,7 +241,7 @@ func (s *Service) newHTTPClient(ep Endpoint, log *zap.Logger) *http.Client {
 	// swaps the body of an error answer for a copy and closes only that, so
 	// the client's timer would outlive the call.
 	return &http.Client{
-		Transport: &jobTransport{base: s.transport, origin: ep.Origin, log: log, timeout: s.timeout},
+		Transport: &jobTransport{base: s.transport, origin: ep.Origin, log: log, timeout: s.timeout, observe: s.observe},
 		CheckRedirect: func(req *http.Request, via []*http.Request) error {
 			o, err := policy.ParseOrigin(req.URL.String())
 			if err != nil || o != ep.Origin {
@@ -286,6 +291,7 @@ type jobTransport struct {
 	origin  policy.Origin
 	log     *zap.Logger
 	timeout time.Duration
+	observe func(status int, err error, d time.Duration) // may be nil
 }
 
 func (t *jobTransport) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -310,6 +316,13 @@ func (t *jobTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			fields = append(fields, zap.Int("status", resp.StatusCode))
 		}
 		ce.Write(fields...)
+	}
+	if t.observe != nil {
+		status := 0
+		if err == nil {
+			status = resp.StatusCode
+		}
+		t.observe(status, err, time.Since(start))
 	}
 	if err != nil {
 		cancel()

@@ -102,6 +102,8 @@ type AWS struct {
 	delay      time.Duration
 	requests   []AWSRequest
 	assumeRole []AssumeRoleRequest
+	describes  []AWSRequest // DescribeSecret calls (aws_describe.go)
+	descFail   *AWSError
 }
 
 // NewAWS starts a fake AWS endpoint, closed when the test ends.
@@ -211,6 +213,10 @@ func (f *AWS) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	if strings.HasPrefix(r.Header.Get("Content-Type"), "application/x-www-form-urlencoded") {
 		f.serveSTS(w, r, body)
+		return
+	}
+	if r.Header.Get("X-Amz-Target") == "secretsmanager.DescribeSecret" {
+		f.serveDescribe(w, r, body)
 		return
 	}
 	if got := r.Header.Get("X-Amz-Target"); got != "secretsmanager.GetSecretValue" {

@@ -202,6 +202,10 @@ func (f *KeyVault) serve(w http.ResponseWriter, r *http.Request) {
 		writeKeyVaultError(w, KeyVaultError{Status: 400, Code: "BadParameter", Message: "The request URI is not valid."})
 		return
 	}
+	if version == "versions" {
+		f.serveVersions(w, r, name) // azure_versions.go
+		return
+	}
 	s, found := f.find(name, version)
 	if !found {
 		msg := fmt.Sprintf("A secret with (name/id) %s was not found in this key vault. If you recently deleted this secret you may be able to recover it using the correct recovery command.", name)
