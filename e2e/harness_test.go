@@ -63,7 +63,7 @@ const (
 	adminToken = "e2e-admin-token-3b8f1d2a9c7e4f60"
 	// heartbeat is the control plane's heartbeat interval in these tests:
 	// a silent agent is offline after three of them.
-	heartbeat = 200 * time.Millisecond
+	heartbeat = 500 * time.Millisecond
 
 	// allowedSecret is in the secrets file and in the agents' policy.
 	allowedSecret = "ci/github"
