@@ -1,9 +1,6 @@
 package github
 
 import (
-	"fmt"
-	"net"
-	"net/url"
 	"strings"
 
 	"github.com/orchestrator/orchestrator/agent/policy"
@@ -26,8 +23,6 @@ type Endpoint struct {
 	Instance string
 }
 
-// maxURL bounds a GitHub URL, as protocol.CheckGitHubURL does.
-const maxURL = 2048
 
 // Normalize turns a connection's GitHub URL, as a person typed it, into the
 // API endpoint the agent calls. It refuses what it cannot call safely, with
@@ -64,140 +59,38 @@ const maxURL = 2048
 // Normalize is idempotent: normalising APIURL again with the same kind
 // gives the same Endpoint.
 func Normalize(kind protocol.GitHubKind, raw string, allowHTTP func(hostPort string) bool) (Endpoint, error) {
-	if kind != protocol.GitHubEnterpriseServer && kind != protocol.GitHubCloud {
+	if !kind.Valid() {
 		return Endpoint{}, protocol.Errorf(protocol.CodeInvalidParams,
 			"params.github_kind must be %q or %q", protocol.GitHubEnterpriseServer, protocol.GitHubCloud)
 	}
-	bad := func(format string, args ...any) (Endpoint, error) {
-		return Endpoint{}, protocol.Errorf(protocol.CodeInvalidParams, "params.github_url %s", fmt.Sprintf(format, args...))
-	}
-	if raw == "" {
-		return bad("is required")
-	}
-	if len(raw) > maxURL {
-		return bad("is %d bytes; at most %d", len(raw), maxURL)
-	}
-	if strings.ContainsFunc(raw, func(r rune) bool { return r <= ' ' || r == 0x7f || r == '\\' }) {
-		return bad("holds a space, a control character or a backslash")
-	}
-	if strings.Contains(raw, "@") {
-		// Before parsing, so that no spelling of user info slips through.
-		return bad("must not hold user info (user@ or user:password@); credentials come from the secret reference")
-	}
-	if strings.ContainsAny(raw, "?#") {
-		return bad("must not hold a query or fragment; give the instance's URL, such as https://git.example.com")
-	}
-	u, err := url.Parse(raw)
+	// The syntax and kind rules are the control plane's too: one function.
+	canon, err := protocol.NormalizeGitHubURL(kind, raw)
 	if err != nil {
-		return bad("is not a URL such as https://git.example.com")
+		return Endpoint{}, protocol.Errorf(protocol.CodeInvalidParams, "params.%v", err)
 	}
-	o, err := policy.ParseOrigin(raw)
+	o, err := policy.ParseOrigin(canon)
 	if err != nil {
-		return bad("%v", err)
-	}
-	if u.Opaque != "" || u.Host == "" {
-		return bad("has no host")
-	}
-	if err := checkHost(o.Host); err != nil {
-		return bad("%v", err)
+		return Endpoint{}, protocol.Errorf(protocol.CodeInvalidParams, "params.github_url %v", err)
 	}
 	if o.Scheme == "http" && (allowHTTP == nil || !allowHTTP(o.HostPort())) {
 		return Endpoint{}, protocol.Errorf(protocol.CodeHostNotAllowed,
 			"this agent does not call GitHub at %s over plain http; use https, or add %s to policy.allow_http_hosts in the agent config",
 			o.HostPort(), o.HostPort())
 	}
-	path := u.EscapedPath()
-	root := path == "" || path == "/"
-	ep := Endpoint{Kind: kind, Origin: o, Instance: o.String()}
-
-	cloudHost, tenant, isCloud := cloudHost(o.Host)
-	switch kind {
-	case protocol.GitHubEnterpriseServer:
-		if isCloud {
-			return bad("%q is GitHub's cloud, not a GitHub Enterprise Server; use github_kind %q", o.String(), protocol.GitHubCloud)
-		}
-		if !root && path != "/api/v3" && path != "/api/v3/" {
-			return bad("has the path %q; give the instance's URL (%s) or its API URL (%s/api/v3)", truncate(path, 64), o.String(), o.String())
-		}
-		ep.APIURL = o.String() + "/api/v3/"
-	case protocol.GitHubCloud:
-		if !root {
-			if path == "/api/v3" || path == "/api/v3/" {
-				return bad("ends in /api/v3, which is a GitHub Enterprise Server's API; use github_kind %q, or give https://github.com", protocol.GitHubEnterpriseServer)
-			}
-			return bad("has the path %q; give https://github.com or https://NAME.ghe.com, not a page in it", truncate(path, 64))
-		}
-		if !isCloud {
-			if tenant == "" && (o.Host == "ghe.com" || strings.HasSuffix(o.Host, ".ghe.com")) {
-				return bad("%q is not a GHE.com address; give https://NAME.ghe.com", o.String())
-			}
-			ep.APIURL = o.String() + "/"
-			break
-		}
-		if o.Scheme != "https" || o.Port != "443" {
-			return bad("%q: GitHub's cloud is served over https on port 443 only; give %s", o.String(), "https://"+cloudHost)
-		}
-		if tenant == "" {
-			ep.APIURL, ep.Instance = "https://api.github.com/", "https://github.com"
-			ep.Origin = policy.Origin{Scheme: "https", Host: "api.github.com", Port: "443"}
-		} else {
-			ep.APIURL, ep.Instance = "https://api."+tenant+".ghe.com/", "https://"+tenant+".ghe.com"
-			ep.Origin = policy.Origin{Scheme: "https", Host: "api." + tenant + ".ghe.com", Port: "443"}
-		}
+	ep := Endpoint{Kind: kind, Origin: o, Instance: canon, APIURL: canon + "/"}
+	switch {
+	case kind == protocol.GitHubEnterpriseServer:
+		ep.APIURL = canon + "/api/v3/"
+	case canon == "https://github.com":
+		ep.APIURL = "https://api.github.com/"
+		ep.Origin = policy.Origin{Scheme: "https", Host: "api.github.com", Port: "443"}
+	case strings.HasSuffix(canon, ".ghe.com"):
+		// NormalizeGitHubURL gives https://NAME.ghe.com for GHE.com tenants.
+		api := "api." + strings.TrimPrefix(canon, "https://")
+		ep.APIURL = "https://" + api + "/"
+		ep.Origin = policy.Origin{Scheme: "https", Host: api, Port: "443"}
 	}
 	return ep, nil
-}
-
-// cloudHost reports whether host is one of GitHub's cloud hosts:
-// github.com, www.github.com or api.github.com (tenant empty), or NAME.ghe.com
-// or api.NAME.ghe.com (tenant NAME). cloud is the host to name in messages.
-func cloudHost(host string) (cloud, tenant string, ok bool) {
-	switch host {
-	case "github.com", "www.github.com", "api.github.com":
-		return "github.com", "", true
-	}
-	name, found := strings.CutSuffix(host, ".ghe.com")
-	if !found {
-		return "", "", false
-	}
-	name = strings.TrimPrefix(name, "api.")
-	if name == "" || name == "api" || strings.Contains(name, ".") {
-		return "", "", false
-	}
-	return name + ".ghe.com", name, true
-}
-
-// checkHost accepts an IP address or an ASCII DNS name.
-func checkHost(host string) error {
-	if net.ParseIP(host) != nil {
-		return nil
-	}
-	if len(host) > 253 {
-		return fmt.Errorf("has a host name longer than 253 bytes")
-	}
-	labels := strings.Split(host, ".")
-	for _, l := range labels {
-		if l == "" || len(l) > 63 {
-			return fmt.Errorf("has a host name with an empty label or one longer than 63 bytes")
-		}
-		for i := 0; i < len(l); i++ {
-			c := l[i]
-			switch {
-			case c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '_':
-			case c == '-' && i > 0 && i < len(l)-1:
-			case c >= 0x80:
-				return fmt.Errorf("has a host name that is not ASCII; give an international name in its ASCII form (xn--...)")
-			default:
-				return fmt.Errorf("has a host name with the character %q; a host is an IP address or a DNS name", string(c))
-			}
-		}
-	}
-	if last := labels[len(labels)-1]; strings.Trim(last, "0123456789") == "" {
-		// "127.1", "10.0.0.300": numbers that are not an IPv4 address could
-		// be read as one by some resolvers.
-		return fmt.Errorf("has a host that looks like an IP address but is not one")
-	}
-	return nil
 }
 
 // truncate cuts s to at most n bytes, on a rune boundary, marking the cut.
