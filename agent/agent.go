@@ -78,6 +78,7 @@ type Agent struct {
 	obs      Observer
 	url      string
 	hostname string
+	probe    bool // hellos are marked probe (Probe)
 
 	hard     context.Context // canceled by Abort: everything stops now
 	abort    context.CancelFunc
@@ -486,7 +487,7 @@ func (a *Agent) handshake(conn *websocket.Conn) (*protocol.Welcome, error) {
 		AgentID: a.id.AgentID, Signature: base64.RawURLEncoding.EncodeToString(sig), ProtocolVersion: protocol.Version,
 		AgentVersion: a.version, Hostname: a.hostname, OS: runtime.GOOS + "/" + runtime.GOARCH,
 		Backends: a.secrets.Infos(), Kinds: a.Kinds(), Concurrency: a.cfg.Concurrency,
-		Running: a.runner.ids(), Held: a.outbox.ids(),
+		Running: a.runner.ids(), Held: a.outbox.ids(), Probe: a.probe,
 	}}
 	b, err := protocol.Encode(hello)
 	if err != nil {

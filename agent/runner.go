@@ -117,6 +117,10 @@ func (r *runner) run(ctx context.Context, j *protocol.Job, h handler) {
 		log = log.With(zap.String("github_host", h))
 	}
 	start := time.Now()
+	if ce := log.Check(zap.DebugLevel, "job started"); ce != nil {
+		dl, _ := ctx.Deadline()
+		ce.Write(zap.Time("deadline", dl), zap.Int("running", r.count()))
+	}
 	out, err := h(ctx, log, j)
 	res := protocol.Result{JobID: j.JobID, Attempt: j.Attempt, StartedAt: start.UTC(), FinishedAt: time.Now().UTC()}
 	if err == nil && ctx.Err() != nil {

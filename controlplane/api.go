@@ -31,17 +31,23 @@ func (s *Server) routes() {
 	}
 	admin := func(pattern string, h http.HandlerFunc) {
 		handle(pattern, func(w http.ResponseWriter, r *http.Request) {
+			// Without a valid Bearer token, the web console's session
+			// cookie may authorize the request (console.go).
 			if !s.authorized(r) {
-				w.Header().Set("WWW-Authenticate", `Bearer realm="controlplane"`)
-				writeError(w, http.StatusUnauthorized, protocol.Errorf(protocol.CodeUnauthorized,
-					"this route needs the header Authorization: Bearer <admin token>"))
-				return
+				if status, e := s.sessionAuthorized(r); status != http.StatusOK {
+					if status == http.StatusUnauthorized {
+						w.Header().Set("WWW-Authenticate", `Bearer realm="controlplane"`)
+					}
+					writeError(w, status, e)
+					return
+				}
 			}
 			h(w, r)
 		})
 	}
 	handle("GET /healthz", s.healthz)
 	handle("GET /readyz", s.readyz)
+	handle("GET /metrics", s.metrics.handler().ServeHTTP)
 	handle("GET "+openAPIPath, s.openAPI)
 	handle("POST "+protocol.EnrollPath, s.enroll)
 	handle("GET "+protocol.ConnectPath, s.handleConnect)
@@ -56,6 +62,7 @@ func (s *Server) routes() {
 	admin("GET /api/v1/jobs/{id}", s.getJob)
 	admin("POST /api/v1/jobs/{id}/cancel", s.cancelJob)
 	s.connectionRoutes(admin)
+	s.consoleRoutes(handle)
 
 	// Anything else: a JSON 404 or 405, like every other API error. This
 	// catch-all matches every method, so the mux never answers 405 itself:

@@ -23,6 +23,11 @@ import (
 //   - Every state change is written to the store before it is acted on; a
 //     result is acknowledged to the agent only after it is stored, and only
 //     the first result for a job is recorded (a compare-and-set on state).
+//     A job that its agent can take at once is stored already dispatched
+//     (one write, not queued then dispatched). Running is the one state
+//     nothing acts on (every rule treats dispatched and running alike): it
+//     is stored with the job's result, or once the job has run for
+//     runningDelay, so that a quick job costs two writes, not four.
 //   - A job whose agent's session ends while the job is dispatched or running
 //     keeps its state until the agent comes back. If the agent's hello lists
 //     the job as running or holds its result, the job carries on. If it does
@@ -42,6 +47,9 @@ type dispatcher struct {
 	now         func() time.Time
 	maxAttempts int
 	storeWait   time.Duration
+	// onFinish, when set, sees each job that reached a terminal state
+	// (metrics); it is called with the agent's lock held and must not block.
+	onFinish func(store.Job)
 
 	mu      sync.Mutex // guards the fields below
 	agents  map[string]*agentState
@@ -63,6 +71,8 @@ type agentState struct {
 	pauseUntil  time.Time           // after an agent_busy rejection
 	queue       []*openJob          // queued jobs, in order
 	inflight    map[string]*openJob // sent to the agent and not yet answered with a result
+	reserved    int                 // slots held by jobs that submit is storing as dispatched
+	revoked     bool                // set by revoke: new jobs fail at once
 	pumpTimer   *time.Timer
 }
 
@@ -72,7 +82,14 @@ type openJob struct {
 	job     store.Job     // guarded by the agent's mu
 	timer   *time.Timer   // the deadline
 	done    chan struct{} // closed when the job is terminal
+	// runTimer stores the running state after runningDelay; guarded by
+	// the agent's mu.
+	runTimer *time.Timer
 }
+
+// runningDelay is how long a job runs before its running state is stored
+// (when its result has not come first).
+const runningDelay = 250 * time.Millisecond
 
 func newDispatcher(st store.Store, log *zap.Logger, now func() time.Time, maxAttempts int) *dispatcher {
 	return &dispatcher{
@@ -135,24 +152,73 @@ func (d *dispatcher) track(a *agentState, j store.Job) *openJob {
 	return oj
 }
 
-// submit stores a new job and queues it for its agent.
+// submit stores a new job and queues it for its agent. When the agent can
+// take it at once (online, not draining, nothing queued before it, a free
+// slot), a slot is reserved and the job is stored already dispatched: one
+// write instead of two. The write is made outside the agent's lock (nobody
+// else knows the job until it is tracked), so that the agent's other jobs
+// and their writes are not held up behind it.
 func (d *dispatcher) submit(ctx context.Context, j store.Job) (store.Job, error) {
 	a := d.agent(j.AgentID)
 	a.mu.Lock()
+	sess := a.sess
+	direct := len(a.queue) == 0 && d.freeSlotLocked(a)
+	if direct {
+		a.reserved++
+		now := d.now()
+		j.State, j.Attempt, j.DispatchedAt = protocol.JobDispatched, 1, &now
+	}
+	a.mu.Unlock()
+	err := d.store.CreateJob(ctx, j)
+	a.mu.Lock()
 	defer a.mu.Unlock()
-	if err := d.store.CreateJob(ctx, j); err != nil {
+	if direct {
+		a.reserved--
+	}
+	if err != nil {
+		if direct {
+			d.pumpLocked(a) // the reserved slot is free again
+		}
 		return store.Job{}, err
 	}
 	oj := d.track(a, j)
-	a.queue = append(a.queue, oj)
 	fields := []zap.Field{zap.String("job_id", j.ID), zap.String("agent_id", j.AgentID),
 		zap.String("kind", string(j.Kind)), zap.Duration("timeout", j.Timeout)}
 	if j.ConnectionID != "" {
 		fields = append(fields, zap.String("connection_id", j.ConnectionID))
 	}
 	d.log.Info("job queued", fields...)
-	d.pumpLocked(a)
+	switch {
+	case a.revoked:
+		// Revoked while the job was stored.
+		d.finishLocked(a, oj, protocol.JobFailed, protocol.Errorf(protocol.CodeAgentRevoked, "agent %s was revoked", a.id), nil)
+	case !direct:
+		a.queue = append(a.queue, oj)
+		d.pumpLocked(a)
+	case a.sess == sess && !a.draining:
+		a.inflight[j.ID] = oj
+		d.sendLocked(a, oj)
+	default:
+		// The session ended or began draining while the job was stored
+		// as dispatched: it was never sent. It goes back to the head of
+		// the queue; if the store fails, it stays dispatched, and the
+		// agent's next hello, which does not list it, queues it again.
+		q := oj.job
+		q.State, q.Attempt, q.DispatchedAt = protocol.JobQueued, 0, nil
+		if d.writeLocked(oj, q, protocol.JobDispatched) {
+			a.queue = append([]*openJob{oj}, a.queue...)
+			d.pumpLocked(a)
+		} else {
+			a.inflight[j.ID] = oj
+		}
+	}
 	return oj.job, nil
+}
+
+// freeSlotLocked reports whether the agent can take a job now.
+func (d *dispatcher) freeSlotLocked(a *agentState) bool {
+	return a.sess != nil && !a.draining && !a.pauseUntil.After(d.now()) &&
+		len(a.inflight)+a.reserved < a.hello.Concurrency
 }
 
 // pumpLocked sends queued jobs while the agent has free slots.
@@ -171,7 +237,7 @@ func (d *dispatcher) pumpLocked(a *agentState) {
 		}
 		return
 	}
-	for len(a.queue) > 0 && len(a.inflight) < a.hello.Concurrency {
+	for len(a.queue) > 0 && len(a.inflight)+a.reserved < a.hello.Concurrency {
 		oj := a.queue[0]
 		j := oj.job
 		if j.State.Terminal() {
@@ -188,16 +254,22 @@ func (d *dispatcher) pumpLocked(a *agentState) {
 		}
 		a.queue = a.queue[1:]
 		a.inflight[j.ID] = oj
-		a.sess.send(&protocol.Message{Type: protocol.TypeJob, Job: &protocol.Job{
-			JobID: j.ID, Kind: j.Kind, Params: j.Params, Deadline: j.Deadline, Attempt: j.Attempt,
-		}})
-		fields := []zap.Field{zap.String("job_id", j.ID), zap.String("agent_id", a.id),
-			zap.String("session_id", a.sess.id), zap.String("kind", string(j.Kind)), zap.Int("attempt", j.Attempt)}
-		if j.ConnectionID != "" {
-			fields = append(fields, zap.String("connection_id", j.ConnectionID))
-		}
-		d.log.Info("job dispatched", fields...)
+		d.sendLocked(a, oj)
 	}
+}
+
+// sendLocked sends a job stored as dispatched to the agent's session.
+func (d *dispatcher) sendLocked(a *agentState, oj *openJob) {
+	j := oj.job
+	a.sess.send(&protocol.Message{Type: protocol.TypeJob, Job: &protocol.Job{
+		JobID: j.ID, Kind: j.Kind, Params: j.Params, Deadline: j.Deadline, Attempt: j.Attempt,
+	}})
+	fields := []zap.Field{zap.String("job_id", j.ID), zap.String("agent_id", a.id),
+		zap.String("session_id", a.sess.id), zap.String("kind", string(j.Kind)), zap.Int("attempt", j.Attempt)}
+	if j.ConnectionID != "" {
+		fields = append(fields, zap.String("connection_id", j.ConnectionID))
+	}
+	d.log.Info("job dispatched", fields...)
 }
 
 // writeLocked stores j if the stored state is one of from, and adopts it in
@@ -232,6 +304,9 @@ func (d *dispatcher) finishLocked(a *agentState, oj *openJob, state protocol.Job
 		return false
 	}
 	oj.timer.Stop()
+	if oj.runTimer != nil {
+		oj.runTimer.Stop()
+	}
 	d.mu.Lock()
 	delete(d.jobs, j.ID)
 	d.mu.Unlock()
@@ -239,10 +314,16 @@ func (d *dispatcher) finishLocked(a *agentState, oj *openJob, state protocol.Job
 		a.queue = slices.Delete(a.queue, i, i+1)
 	}
 	close(oj.done)
+	if d.onFinish != nil {
+		d.onFinish(oj.job)
+	}
 	fields := []zap.Field{zap.String("job_id", j.ID), zap.String("agent_id", a.id), zap.String("kind", string(j.Kind)),
 		zap.String("outcome", string(state)), zap.Int("attempt", j.Attempt), zap.Int64("duration_ms", now.Sub(j.CreatedAt).Milliseconds())}
 	if e != nil {
 		fields = append(fields, zap.String("error_code", string(e.Code)))
+	}
+	if a.sess != nil {
+		fields = append(fields, zap.String("session_id", a.sess.id))
 	}
 	if j.ConnectionID != "" {
 		fields = append(fields, zap.String("connection_id", j.ConnectionID))
@@ -420,7 +501,10 @@ func (d *dispatcher) setDraining(sess *session) {
 	a.mu.Unlock()
 }
 
-// accepted marks a dispatched job running.
+// accepted marks a dispatched job running, in memory. The store learns it
+// with the job's result or, if the job still runs after runningDelay, then:
+// nothing is decided on the running state, and a quick job is spared a
+// write (and the agent's next messages a wait for it).
 func (d *dispatcher) accepted(sess *session, m *protocol.Accepted) {
 	a := d.agent(sess.agentID)
 	a.mu.Lock()
@@ -429,10 +513,23 @@ func (d *dispatcher) accepted(sess *session, m *protocol.Accepted) {
 	if oj == nil || oj.job.State != protocol.JobDispatched {
 		return
 	}
-	j := oj.job
 	now := d.now()
-	j.State, j.AcceptedAt = protocol.JobRunning, &now
-	d.writeLocked(oj, j, protocol.JobDispatched)
+	oj.job.State, oj.job.AcceptedAt = protocol.JobRunning, &now
+	attempt := oj.job.Attempt
+	if oj.runTimer != nil {
+		oj.runTimer.Stop()
+	}
+	oj.runTimer = time.AfterFunc(runningDelay, func() { d.storeRunning(a, oj, attempt) })
+}
+
+// storeRunning stores that a job runs, if it still runs the same attempt
+// and the store has it dispatched.
+func (d *dispatcher) storeRunning(a *agentState, oj *openJob, attempt int) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if j := oj.job; j.State == protocol.JobRunning && j.Attempt == attempt {
+		d.writeLocked(oj, j, protocol.JobDispatched)
+	}
 }
 
 // rejected handles an agent's refusal: agent_busy queues the job again after
@@ -503,6 +600,7 @@ func (d *dispatcher) revoke(id string) {
 		a.sess.close(protocol.CloseRevoked, "this agent was revoked")
 		a.sess = nil
 	}
+	a.revoked = true
 	e := protocol.Errorf(protocol.CodeAgentRevoked, "agent %s was revoked", id)
 	for _, oj := range slices.Clone(a.queue) {
 		d.finishLocked(a, oj, protocol.JobFailed, e, nil)
@@ -588,6 +686,9 @@ func (d *dispatcher) stop() {
 		}
 		for _, oj := range a.inflight {
 			oj.timer.Stop()
+			if oj.runTimer != nil {
+				oj.runTimer.Stop()
+			}
 		}
 		a.mu.Unlock()
 	}

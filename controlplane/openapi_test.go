@@ -68,6 +68,15 @@ func TestOpenAPIRoutes(t *testing.T) {
 			t.Errorf("pattern %q has no method: every route names its method", p)
 			continue
 		}
+		if c.srv.pages[p] {
+			// The web console's page and files: HTML, CSS and JavaScript
+			// for browsers, not API, so not in the document; never under
+			// /api/.
+			if strings.HasPrefix(path, "/api/") || documented[p] {
+				t.Errorf("console page %s is under /api/ or in the OpenAPI document: pages are not API", p)
+			}
+			continue
+		}
 		registered[p] = true
 		if !documented[p] {
 			t.Errorf("the server serves %s, but the OpenAPI document (controlplane/openapi.yaml) does not list it", p)
@@ -119,6 +128,7 @@ var openAPITypes = []reflect.Type{
 	reflect.TypeFor[protocol.ConnectionTest](), reflect.TypeFor[protocol.ConnectionView](),
 	reflect.TypeFor[protocol.ConnectionList](), reflect.TypeFor[protocol.ConnectionTestAnswer](),
 	reflect.TypeFor[protocol.ConnectionOrganizations](),
+	reflect.TypeFor[protocol.SignInRequest](), reflect.TypeFor[protocol.ConsoleSession](),
 }
 
 // jsonFields returns a struct's JSON field names and those always present

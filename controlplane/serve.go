@@ -44,10 +44,7 @@ type ServeConfig struct {
 	EnrollmentTokenTTL time.Duration `yaml:"enrollment_token_ttl"`
 	DefaultJobTimeout  time.Duration `yaml:"default_job_timeout"`
 	MaxJobTimeout      time.Duration `yaml:"max_job_timeout"`
-	Log                struct {
-		Format string `yaml:"format"`
-		Level  string `yaml:"level"`
-	} `yaml:"log"`
+	Log                LogConfig     `yaml:"log"`
 }
 
 // DefaultListen is where the control plane listens unless told otherwise.

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/orchestrator/orchestrator/controlplane/store"
+	"github.com/orchestrator/orchestrator/controlplane/web"
 	"github.com/orchestrator/orchestrator/protocol"
 )
 
@@ -72,11 +73,18 @@ type Server struct {
 	handshakeWait time.Duration
 
 	disp     *dispatcher
+	metrics  *metrics // served at /metrics (metrics.go)
 	upgrader websocket.Upgrader
 	mux      *http.ServeMux
 	// patterns lists the mux patterns that routes registered, for the
 	// OpenAPI document's test.
 	patterns []string
+	// pages are the patterns of the web console's pages and files: not
+	// API, so not in the OpenAPI document.
+	pages map[string]bool
+
+	sessions    *web.Sessions               // the web console's sessions
+	crossOrigin *http.CrossOriginProtection // refuses cross-origin console requests
 
 	passwordCost int
 	attempts     *attemptLimiter // failed connection passwords
@@ -129,7 +137,11 @@ func New(o Options) (*Server, error) {
 	if attempts <= 0 {
 		attempts = 3
 	}
+	s.metrics = newMetrics(o.Version)
+	s.store = measuredStore{Store: s.store, m: s.metrics}
 	s.disp = newDispatcher(s.store, s.log.Named("dispatcher"), s.now, attempts)
+	s.disp.onFinish = s.metrics.jobFinished
+	s.metrics.watch(s.disp)
 	s.upgrader = websocket.Upgrader{
 		Subprotocols:     []string{protocol.Subprotocol},
 		HandshakeTimeout: handshakeTimeout,

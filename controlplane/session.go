@@ -105,6 +105,7 @@ func (srv *Server) handleConnect(w http.ResponseWriter, r *http.Request) {
 	}
 	if conn.Subprotocol() != protocol.Subprotocol {
 		log.Warn("agent refused: incompatible protocol", zap.String("offered", r.Header.Get("Sec-Websocket-Protocol")))
+		srv.metrics.refused.WithLabelValues(refusedLabel(protocol.CloseIncompatible)).Inc()
 		closeWith(protocol.CloseIncompatible, "this control plane speaks "+protocol.Subprotocol)
 		return
 	}
@@ -113,6 +114,7 @@ func (srv *Server) handleConnect(w http.ResponseWriter, r *http.Request) {
 	hello, agent, code, reason := srv.handshake(conn)
 	if code != 0 {
 		log.Warn("agent refused", zap.String("agent_id", agentIDOf(hello)), zap.Int("close_code", code), zap.String("reason", reason))
+		srv.metrics.refused.WithLabelValues(refusedLabel(code)).Inc()
 		closeWith(code, reason)
 		return
 	}
@@ -137,6 +139,13 @@ func (srv *Server) handleConnect(w http.ResponseWriter, r *http.Request) {
 		_ = conn.Close()
 		return
 	}
+	if hello.Probe {
+		// agent doctor: the key is accepted; the live session, if any,
+		// stays, and nothing is dispatched here.
+		sess.log.Info("agent probe authenticated", zap.String("agent", agent.Name), zap.String("hostname", hello.Hostname))
+		closeWith(websocket.CloseNormalClosure, "probe done")
+		return
+	}
 	ctx, cancel := srv.storeCtx()
 	if err := srv.store.UpdateAgentInfo(ctx, agent.ID, store.AgentInfo{
 		AgentVersion: hello.AgentVersion, Hostname: hello.Hostname, OS: hello.OS, Backends: hello.Backends, LastSeen: now,
@@ -155,7 +164,9 @@ func (srv *Server) handleConnect(w http.ResponseWriter, r *http.Request) {
 		zap.String("hostname", hello.Hostname), zap.Int("concurrency", hello.Concurrency),
 		zap.Int("running", len(hello.Running)), zap.Int("held", len(hello.Held)))
 
+	srv.metrics.sessionsOpened.Inc()
 	reason = srv.readLoop(sess)
+	srv.metrics.sessionClosed(reason)
 	srv.disp.detach(sess)
 	sess.close(websocket.CloseNormalClosure, "")
 	ctx, cancel = srv.storeCtx()

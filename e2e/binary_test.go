@@ -76,9 +76,16 @@ type binProc struct {
 
 func startBin(t *testing.T, name string, args ...string) *binProc {
 	t.Helper()
+	return startBinEnv(t, name, nil, args...)
+}
+
+// startBinEnv starts a built binary with env added to the test's
+// environment (a later value of a variable wins).
+func startBinEnv(t *testing.T, name string, env []string, args ...string) *binProc {
+	t.Helper()
 	p := &binProc{t: t, name: name, done: make(chan struct{})}
 	p.cmd = exec.Command(filepath.Join(binaries(t), name), args...)
-	p.cmd.Env = append(os.Environ(), "AGENT_LOG_FORMAT=json")
+	p.cmd.Env = append(append(os.Environ(), "AGENT_LOG_FORMAT=json"), env...)
 	r, w := io.Pipe()
 	p.cmd.Stdout, p.cmd.Stderr = w, w
 	var copied sync.WaitGroup

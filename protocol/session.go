@@ -66,6 +66,12 @@ type Hello struct {
 	// Held lists the ids of jobs whose results the agent holds, unacknowledged;
 	// it sends them again right after welcome.
 	Held []string `json:"held,omitempty"`
+	// Probe marks a session that only checks that the agent can connect
+	// and authenticate (`agent doctor`): the control plane answers welcome
+	// and then closes the session normally, without taking the place of
+	// the agent's live session and without dispatching to it. A control
+	// plane that predates the field treats it as a normal session.
+	Probe bool `json:"probe,omitempty"`
 }
 
 // MaxConcurrency bounds the concurrency an agent may announce.

@@ -14,6 +14,9 @@ package protocol
 //     organizations_truncated, sso_organization_ids, rate_limit_reset,
 //     token_expires_at, warnings; OrganizationsOutput: truncated,
 //     sso_organization_ids.
+//   - 1 (2026-11-23): optional field, no version change. Hello: probe (a
+//     session of `agent doctor` that the control plane closes after
+//     welcome).
 const Version = 1
 
 // Subprotocol is the websocket subprotocol of [Version].

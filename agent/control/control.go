@@ -116,6 +116,7 @@ type Server struct {
 	configured zapcore.Level
 	until      time.Time
 	revert     *time.Timer
+	gen        int // counts temporary levels; a timer reverts only its own
 }
 
 // Listen opens the control socket. A socket left by an agent that is gone
@@ -148,6 +149,14 @@ func Listen(o Options) (*Server, error) {
 	s.hs = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, MaxHeaderBytes: 16 << 10,
 		ErrorLog: zap.NewStdLog(o.Logger)}
 	return s, nil
+}
+
+// Close closes the socket without serving (for a start that failed after
+// Listen).
+func (s *Server) Close() error {
+	err := s.ln.Close()
+	_ = os.Remove(s.path)
+	return err
 }
 
 // Path is the socket's path.
@@ -221,9 +230,9 @@ func (s *Server) setLevel(w http.ResponseWriter, r *http.Request) {
 	s.o.Level.SetLevel(lvl)
 	if lvl != s.configured {
 		s.until = time.Now().Add(d).Round(time.Second)
-		var t *time.Timer
-		t = time.AfterFunc(d, func() { s.expire(t) })
-		s.revert = t
+		s.gen++
+		gen := s.gen
+		s.revert = time.AfterFunc(d, func() { s.expire(gen) })
 	}
 	rep := LevelReport{Level: lvl.String(), Configured: s.configured.String()}
 	if !s.until.IsZero() {
@@ -238,11 +247,11 @@ func (s *Server) setLevel(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, rep)
 }
 
-// expire returns to the configured level when t, the current temporary
-// level's timer, fires.
-func (s *Server) expire(t *time.Timer) {
+// expire returns to the configured level when the timer of the current
+// temporary level (generation gen) fires.
+func (s *Server) expire(gen int) {
 	s.mu.Lock()
-	if s.revert != t {
+	if s.gen != gen || s.revert == nil {
 		s.mu.Unlock()
 		return
 	}

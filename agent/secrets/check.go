@@ -132,3 +132,14 @@ func (z *Azure) Properties(ctx context.Context, vaultName, secretName string) (i
 	}
 	return info, nil
 }
+
+// Has reports whether the secrets file holds a secret named name (the
+// file's mode and syntax are checked as for Resolve). For `agent doctor`.
+func (f *File) Has(name string) (bool, error) {
+	secrets, _, perr := f.load()
+	if perr != nil {
+		return false, perr
+	}
+	_, ok := secrets[name]
+	return ok, nil
+}

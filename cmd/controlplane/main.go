@@ -81,12 +81,12 @@ func serve(args []string) int {
 	if c.Log.Level == "" {
 		c.Log.Level = "info"
 	}
-	log, err := controlplane.NewLogger(c.Log.Format, c.Log.Level)
+	log, closeLog, err := controlplane.OpenLog(c.Log)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "controlplane:", err)
 		return 2
 	}
-	defer log.Sync()
+	defer closeLog()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
