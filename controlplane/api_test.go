@@ -69,7 +69,8 @@ func TestAPIAuth(t *testing.T) {
 func TestAPIUnknownRoute(t *testing.T) {
 	t.Parallel()
 	c := newCP(t)
-	for _, path := range []string{"/", "/api/v2/agents", "/api/v1/nope", "/api/v1/agents/agt_x/keys", "/metricsx"} {
+	// "/" itself is the web console's page (console_test.go).
+	for _, path := range []string{"/nope", "/api/v2/agents", "/api/v1/nope", "/api/v1/agents/agt_x/keys", "/metricsx"} {
 		for _, auth := range []string{"", "Bearer " + testAdminToken} {
 			status, hdr, raw := c.request("GET", path, nil, auth)
 			checkAPIError(t, "GET "+path, status, hdr, raw, http.StatusNotFound, protocol.CodeNotFound, path)

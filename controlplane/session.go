@@ -63,17 +63,37 @@ func (s *session) close(code int, reason string) {
 	})
 }
 
-// writer sends queued frames and pings until the session ends.
+// writer sends queued frames and pings until the session ends. It writes
+// the frames queued at the moment corked and flushes once the queue is
+// empty (or maxBatch bytes gathered): a burst of frames costs one system
+// call, not one each.
 func (s *session) writer(ping time.Duration) {
 	t := time.NewTicker(ping)
 	defer t.Stop()
+	bc, _ := s.conn.NetConn().(*batchConn)
 	for {
 		select {
 		case <-s.done:
 			return
 		case b := <-s.out:
 			_ = s.conn.SetWriteDeadline(time.Now().Add(writeWait))
-			if err := s.conn.WriteMessage(websocket.TextMessage, b); err != nil {
+			if bc != nil {
+				bc.cork()
+			}
+			err := s.conn.WriteMessage(websocket.TextMessage, b)
+		more:
+			for err == nil && bc != nil && bc.buffered() < maxBatch {
+				select {
+				case b = <-s.out:
+					err = s.conn.WriteMessage(websocket.TextMessage, b)
+				default:
+					break more
+				}
+			}
+			if err == nil && bc != nil {
+				err = bc.flush()
+			}
+			if err != nil {
 				s.close(websocket.CloseAbnormalClosure, "")
 				return
 			}
@@ -94,7 +114,7 @@ func (srv *Server) handleConnect(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer srv.conns.Done()
-	conn, err := srv.upgrader.Upgrade(w, r, nil)
+	conn, err := srv.upgrader.Upgrade(batchWriter(w), r, nil)
 	if err != nil {
 		return // the upgrader answered with an HTTP error
 	}

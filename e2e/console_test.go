@@ -40,6 +40,9 @@ import (
 
 const consolePassword = "console-PASSWORD-7c1e-correct horse"
 
+// stepTimeout bounds each step of the browser test.
+const stepTimeout = 20 * time.Second
+
 // chromiumPath finds the browser: $CHROMIUM, else chromium on the PATH.
 // Without one the test is skipped, except in CI (CI=true), where .ci/run
 // installs Debian's chromium and its absence is a failure.
@@ -107,8 +110,9 @@ func (b *browserLog) snapshot() (requests, errors []string) {
 // console drives one browser tab through the test.
 type console struct {
 	t    *testing.T
-	ctx  context.Context
-	dir  string // where screenshots go
+	ctx  context.Context // the test's steps
+	tab  context.Context // the tab, for a screenshot after a step's deadline
+	dir  string          // where screenshots go
 	shot int
 }
 
@@ -116,7 +120,9 @@ type console struct {
 // it was) on the first error.
 func (c *console) do(what string, steps ...chromedp.Action[chromedp.Void]) {
 	c.t.Helper()
-	if err := chromedp.Do(c.ctx, steps...); err != nil {
+	ctx, cancel := context.WithTimeout(c.ctx, stepTimeout)
+	defer cancel()
+	if err := chromedp.Do(ctx, steps...); err != nil {
 		c.failShot()
 		c.t.Fatalf("%s: %v", what, err)
 	}
@@ -125,7 +131,7 @@ func (c *console) do(what string, steps ...chromedp.Action[chromedp.Void]) {
 // eval evaluates a JavaScript expression and decodes its result.
 func eval[T any](c *console, what, expr string) T {
 	c.t.Helper()
-	v, err := chromedp.Run(c.ctx, chromedp.Evaluate[T](expr))
+	v, err := chromedp.Run(c.ctx, chromedp.Evaluate[T](expr, chromedp.EvalAwaitPromise))
 	if err != nil {
 		c.failShot()
 		c.t.Fatalf("%s: %v", what, err)
@@ -177,6 +183,15 @@ func (c *console) type_(sel, text string) {
 	c.do("type into "+sel, chromedp.SendKeys(chromedp.CSS(sel), text))
 }
 
+// scrollTo brings the section of an element to the top of the viewport.
+func (c *console) scrollTo(sel string) {
+	c.t.Helper()
+	eval[chromedp.Void](c, "scroll to "+sel, fmt.Sprintf(`(() => {
+		const e = document.querySelector(%s);
+		(e.closest('section') || e).scrollIntoView({ block: 'start' });
+	})()`, jsString(sel)))
+}
+
 func (c *console) click(sel string) {
 	c.t.Helper()
 	c.do("click "+sel, chromedp.Click(chromedp.CSS(sel)))
@@ -205,7 +220,7 @@ func (c *console) screenshot(name string) {
 
 // failShot saves what the page looked like when a step failed.
 func (c *console) failShot() {
-	ctx, cancel := context.WithTimeout(c.ctx, 3*time.Second)
+	ctx, cancel := context.WithTimeout(c.tab, 3*time.Second)
 	defer cancel()
 	if buf, err := chromedp.Run(ctx, chromedp.CaptureScreenshot()); err == nil {
 		path := filepath.Join(os.TempDir(), "console-failure.png")
@@ -270,21 +285,29 @@ func TestConsole(t *testing.T) {
 	tabCtx, cancelTab := chromedp.NewContext(allocCtx, chromedp.WithListener(seen.listen))
 	ctx, cancelRun := context.WithTimeout(tabCtx, 2*time.Minute)
 	t.Cleanup(func() {
-		cancelRun()
-		if err := chromedp.Cancel(tabCtx); err != nil {
+		if t.Failed() {
+			requests, errs := seen.snapshot()
+			t.Logf("the browser's requests: %v\nthe page's errors: %v", requests, errs)
+		}
+		if err := chromedp.Cancel(ctx); err != nil {
 			t.Logf("close the browser: %v", err)
 		}
+		cancelRun()
 		cancelTab()
 		cancelAlloc()
 	})
-	c := &console{t: t, ctx: ctx, dir: screenshotDir(t)}
-	c.do("start the browser",
+	c := &console{t: t, ctx: ctx, tab: tabCtx, dir: screenshotDir(t)}
+	// The first run starts the browser and opens the tab, which live as
+	// long as its context: the test's, not a step's.
+	if err := chromedp.Do(ctx,
 		chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
 			_, err := cdp.Call(ctx, tg, cdplog.Enable, cdp.Empty{})
 			return err
 		}),
 		chromedp.EmulateViewport(1280, 800),
-		chromedp.Navigate(origin+"/"))
+		chromedp.Navigate(origin+"/")); err != nil {
+		t.Fatalf("start the browser: %v", err)
+	}
 
 	// Sign in: a wrong token is refused next to the field.
 	c.visible("#signin-token")
@@ -342,7 +365,8 @@ func TestConsole(t *testing.T) {
 		t.Error("the page reloaded to show the agent online")
 	}
 	row := c.text(`tr[data-agent-name="vm-console"]`)
-	for _, want := range []string{"Online", "e2e-host", "Local file", "e2e"} {
+	host, _ := os.Hostname()
+	for _, want := range []string{"Online", host, "Local file", "e2e"} {
 		if !strings.Contains(row, want) {
 			t.Errorf("the agent's row lacks %q: %q", want, row)
 		}
@@ -373,7 +397,10 @@ func TestConsole(t *testing.T) {
 	c.type_("#f-secret-name", "github/platform")
 	c.type_("#f-username-key", "username")
 	c.type_("#f-password-key", "token")
+	eval[chromedp.Void](c, "scroll to the top", `window.scrollTo(0, 0)`)
 	c.screenshot("add-connection")
+	c.scrollTo("#step-3")
+	c.screenshot("agent-and-secret")
 
 	// Test Connection: signed in, the version, the missing scopes.
 	c.click("#test-connection")
@@ -387,7 +414,7 @@ func TestConsole(t *testing.T) {
 	if strings.Contains(c.text("#missing-scopes"), "\nrepo\t") {
 		t.Error("repo is granted but listed as missing")
 	}
-	c.do("scroll to the outcome", chromedp.ScrollIntoView(chromedp.CSS("#test-outcome")))
+	c.scrollTo("#step-4")
 	c.screenshot("test-connection")
 
 	// The organizations came through the agent; pick one.
@@ -407,7 +434,7 @@ func TestConsole(t *testing.T) {
 	c.click("#save-connection")
 	c.waitText("#f-password2-error", "differ", 5*time.Second)
 	c.type_("#f-password2", consolePassword)
-	c.do("scroll to save", chromedp.ScrollIntoView(chromedp.CSS("#save-connection")))
+	c.scrollTo("#step-5")
 	c.screenshot("protect-and-save")
 	c.click("#save-connection")
 
@@ -439,10 +466,14 @@ func TestConsole(t *testing.T) {
 	if got := eval[string](c, "read the form", `document.querySelector('#f-name').value + '|' + document.querySelector('#f-org').value + '|' + document.querySelector('#f-url').value`); got != "Platform GHES|Platform|"+fake.URL() {
 		t.Errorf("the opened connection shows %q", got)
 	}
-	// Testing the saved, protected connection sends its password.
+	eval[chromedp.Void](c, "scroll to the top", `window.scrollTo(0, 0)`)
+	c.screenshot("connection")
+	// Testing and saving the protected connection send its password.
 	c.click("#test-connection")
 	c.visible("#outcome-ok")
-	c.screenshot("connection")
+	c.click("#save-connection")
+	c.waitText("#toast", "Platform GHES is saved", 5*time.Second)
+	c.visible("#connection-form")
 
 	// The jobs, and one job's timeline.
 	c.click(`a[data-nav="jobs"]`)

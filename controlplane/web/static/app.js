@@ -170,6 +170,7 @@
   function toast(msg) {
     const t = $('#toast');
     t.textContent = msg;
+    t.dataset.screens = '1';
     t.classList.add('show');
     clearTimeout(toast.timer);
     toast.timer = setTimeout(() => t.classList.remove('show'), 3500);
@@ -335,7 +336,7 @@
         const s = await api('POST', '/api/v1/session', { token });
         state.csrf = s.csrf_token;
         f.input.value = '';
-        if (!location.hash.startsWith('#/')) location.hash = '#/agents';
+        if (!location.hash.startsWith('#/')) history.replaceState(null, '', '#/agents');
         startApp();
       } catch (e) {
         f.setError(e.status === 401 ? 'This is not the admin token.' : e.message);
@@ -378,8 +379,12 @@
 
   function route() {
     if (!state.csrf) return;
-    if (!location.hash.startsWith('#/')) { location.replace('#/agents'); return; }
+    if (!location.hash.startsWith('#/')) history.replaceState(null, '', '#/agents');
     if (state.stop) { state.stop(); state.stop = null; }
+    // A note outlives the screen that made it only into the next one.
+    const note = $('#toast');
+    if (note.dataset.screens === '1') note.dataset.screens = '0';
+    else note.classList.remove('show');
     let found = null;
     for (const [re, nav, fn] of routes) {
       const m = location.hash.match(re);
@@ -443,17 +448,21 @@
 
   function screenAgents(main) {
     const tbody = h('tbody', { id: 'agents-body' });
+    const summary = h('span', { class: 'muted', id: 'agents-summary' });
     const register = h('button', { type: 'button', class: 'btn btn-primary', id: 'register-agent', text: 'Register agent', onclick: registerAgent });
     main.append(
       pageHead('Agents', "Agents run in customers' networks, read secrets there and call GitHub; they connect out to this control plane.", register),
       h('div', { class: 'card' },
-        h('div', { class: 'toolbar' }, h('span', { class: 'live', text: 'Live: updates every 2 seconds' })),
+        h('div', { class: 'toolbar' }, summary, h('span', { class: 'live', text: 'Live: updates every 2 seconds' })),
         h('div', { class: 'table-wrap' }, h('table', { 'aria-label': 'Agents' },
           h('thead', {}, h('tr', {}, ['Name', 'Status', 'Version', 'Host', 'Secret managers', 'Connected', 'Jobs running', ''].map((c) => h('th', { scope: 'col', text: c })))),
           tbody))));
 
     const load = async () => {
       const list = await api('GET', '/api/v1/agents');
+      const n = list.agents.length;
+      const online = list.agents.filter((a) => a.status === 'online' || a.status === 'draining').length;
+      summary.textContent = n ? n + (n === 1 ? ' agent, ' : ' agents, ') + online + ' online' : '';
       keyedRows(tbody, list.agents, (a) => a.id, agentRow,
         emptyRow(8, [h('p', { text: 'No agents yet.' }), h('p', { class: 'muted', text: "Register one, then enroll it on a VM in the customer's network." })]));
     };
@@ -611,9 +620,9 @@
       const names = new Map(agents.agents.map((a) => [a.id, a]));
       keyedRows(tbody, list.connections.map((c) => ({ c, a: names.get(c.agent_id) })), (x) => x.c.id, ({ c, a }) => {
         const locked = c.locked;
-        const withheld = h('span', { class: 'faint', text: 'Locked' });
+        const withheld = () => h('span', { class: 'faint', text: 'Locked' });
         let last;
-        if (locked) last = withheld;
+        if (locked) last = withheld();
         else if (!c.last_test) last = h('span', { class: 'faint', text: 'Not tested' });
         else last = h('span', {}, h('span', { class: 'badge ' + (c.last_test.ok ? 'ok' : 'danger'), text: c.last_test.ok ? 'Works' : 'Failed' }),
           ' ', h('span', { class: 'sub' }, c.last_test.ok ? '' : (c.last_test.error && c.last_test.error.code) + ' · ', timeEl(c.last_test.at)));
@@ -622,9 +631,9 @@
           h('td', {}, h('a', { href, 'data-action': 'open', class: 'conn-link' }, h('strong', { text: c.name })), ' ',
             c.protected ? lockMark() : null, c.active ? null : h('span', { class: 'sub', text: 'inactive' })),
           h('td', { text: KINDS[c.kind] || c.kind }),
-          h('td', {}, locked ? withheld : h('span', { class: 'mono', text: c.github_url })),
+          h('td', {}, locked ? withheld() : h('span', { class: 'mono', text: c.github_url })),
           h('td', {}, a ? a.name : h('span', { class: 'mono', text: c.agent_id }), a ? h('span', { class: 'sub' }, h('span', { class: 'badge', 'data-status': a.status, text: STATUS[a.status] || a.status })) : null),
-          h('td', {}, locked ? withheld : (c.organization || h('span', { class: 'faint', text: '—' }))),
+          h('td', {}, locked ? withheld() : (c.organization || h('span', { class: 'faint', text: '—' }))),
           h('td', {}, last));
       }, emptyRow(6, [h('p', { text: 'No connections yet.' }), h('p', { class: 'muted', text: 'Add one to let pipelines reach a GitHub through an agent.' })]));
     };
@@ -770,7 +779,7 @@
 
     // Step 2: name and URL.
     const fName = field({ id: 'f-name', label: 'Configuration Name', value: edit ? c.name : '', hint: 'How pipelines and people will know this connection; unique.' });
-    const fURL = field({ id: 'f-url', label: 'GitHub URL', type: 'url', value: edit ? c.github_url : '', hint: '' });
+    const fURL = field({ id: 'f-url', label: 'GitHub URL', type: 'url', value: edit ? c.github_url : '', hint: 'The address of the GitHub instance.' });
     const stepDetails = step(2, 'Details', fName.wrap, fURL.wrap);
 
     // Step 3: agent and secret.
@@ -1037,7 +1046,7 @@
         if (stopped) return;
         const test = ans.test || testFromJob(job);
         lastTestedBody = JSON.stringify(targetOf(b));
-        renderOutcome(outcome, test, job);
+        renderOutcome(outcome, test);
         const conn = job && job.result && job.result.connection;
         if (test.ok && conn) setOrgs(conn.organizations || []);
       } catch (e) {
@@ -1208,7 +1217,7 @@
     }
 
     if (edit && c.last_test) {
-      renderOutcome(outcome, c.last_test, null, true);
+      renderOutcome(outcome, c.last_test, true);
     }
 
     let inner = null;
@@ -1227,7 +1236,7 @@
   }
 
   // renderOutcome says what a test found, in words.
-  function renderOutcome(box, t, job, previous) {
+  function renderOutcome(box, t, previous) {
     box.replaceChildren();
     const when = t.at ? h('span', { class: 'muted' }, ' · ', timeEl(t.at)) : null;
     if (!t.ok) {
@@ -1252,7 +1261,7 @@
       out.append(h('p', { class: 'notice warn', text: 'This kind of token does not list its scopes, so the required permissions could not be checked. Check them in the token\'s settings on GitHub.' }));
     } else if (missing.length) {
       out.append(h('div', { class: 'scopes', id: 'missing-scopes' },
-        h('p', { class: 'lock' }, icon('alert'), h('strong', { text: 'The token lacks ' + missing.length + ' of the required scopes.' })),
+        h('p', { class: 'scopes-head' }, icon('alert'), h('strong', { text: 'The token lacks ' + missing.length + ' of the required scopes.' })),
         h('p', { class: 'muted', text: 'Add them to the token on GitHub (Settings, Developer settings, Personal access tokens), then test again.' }),
         h('table', {}, h('thead', {}, h('tr', {}, h('th', { scope: 'col', text: 'Missing scope' }), h('th', { scope: 'col', text: 'Needed to' }))),
           h('tbody', {}, missing.map((s) => h('tr', { 'data-scope': s }, h('td', {}, h('code', { text: s })), h('td', { text: SCOPE_PURPOSE[s] || 'a platform feature that needs it' })))))));
@@ -1261,7 +1270,6 @@
     }
     if ((t.warnings || []).length) out.append(h('ul', { class: 'warnings' }, t.warnings.map((w) => h('li', { text: w }))));
     box.append(out);
-    void job;
   }
 
   // ----------------------------------------------------------------- jobs
@@ -1371,7 +1379,7 @@
         ok: true, login: o.login, ghes_version: o.ghes_version, token_type: o.token_type, api_url: o.api_url,
         scopes_listable: o.scopes_listable, missing_scopes: o.missing_scopes, warnings: o.warnings,
         organizations: (o.organizations || []).length, token_expires_at: o.token_expires_at,
-      }, j);
+      });
       return box;
     }
   }
