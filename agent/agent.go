@@ -52,7 +52,12 @@ type Options struct {
 	// Dialer dials the control plane; default: one built from Config (TLS
 	// with CAFile, the environment's HTTPS proxy).
 	Dialer *websocket.Dialer
-	// Backoff tunes reconnection.
+	// Backoff tunes reconnection. Its zero fields are backoff's defaults,
+	// except Rejoin, which defaults to Max (backoff.DefaultMax unless set):
+	// after a session that lasted (a control-plane restart drops the whole
+	// fleet at once), the next dial comes within [0, Max), so that a
+	// thousand agents come back spread over the cap instead of in the same
+	// second (DESIGN §8). A negative Rejoin turns the spread off.
 	Backoff backoff.Options
 	// Observe, when set, sees every frame sent ("out") and received ("in").
 	// For tests and debugging.
@@ -138,7 +143,7 @@ func New(o Options) (*Agent, error) {
 	}
 	a := &Agent{
 		cfg: c, id: o.Identity, signer: o.Identity.Signer(), policy: pol, secrets: o.Secrets, log: o.Logger,
-		version: o.Version, dialer: o.Dialer, backoff: backoff.New(o.Backoff), observe: o.Observe, url: url,
+		version: o.Version, dialer: o.Dialer, backoff: backoff.New(reconnectOptions(o.Backoff)), observe: o.Observe, url: url,
 		outbox: newOutbox(),
 	}
 	if a.log == nil {
@@ -179,6 +184,17 @@ func New(o Options) (*Agent, error) {
 	a.runner = newRunner(a.hard, c.Concurrency, a.handlers, pol.CheckKind, a.deliver, a.log.Named("runner"))
 	a.runner.onDone = a.obs.JobDone
 	return a, nil
+}
+
+// reconnectOptions fills in the agent's default Rejoin spread: Max.
+func reconnectOptions(o backoff.Options) backoff.Options {
+	if o.Rejoin == 0 {
+		o.Rejoin = o.Max
+		if o.Rejoin <= 0 {
+			o.Rejoin = backoff.DefaultMax
+		}
+	}
+	return o
 }
 
 // SecretsFromConfig builds the secret backends the config names. The AWS

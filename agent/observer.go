@@ -3,6 +3,8 @@ package agent
 import (
 	"time"
 
+	"go.uber.org/zap/zapcore"
+
 	"github.com/orchestrator/orchestrator/protocol"
 )
 
@@ -59,6 +61,18 @@ func jobOutcome(res *protocol.Result) (string, protocol.ErrorCode) {
 		return OutcomeCanceled, res.Error.Code
 	}
 	return OutcomeFailed, res.Error.Code
+}
+
+// jobDoneLevel is the level of a job's "job done" line: info, or warn when
+// the code says something the agent depends on is degraded (a secret
+// manager or GitHub unavailable or throttling, a job out of time), which an
+// operator watching warnings wants to see.
+func jobDoneLevel(code protocol.ErrorCode) zapcore.Level {
+	switch code {
+	case protocol.CodeSecretBackendUnavailable, protocol.CodeGitHubUnreachable, protocol.CodeGitHubRateLimited, protocol.CodeTimeout:
+		return zapcore.WarnLevel
+	}
+	return zapcore.InfoLevel
 }
 
 // MultiObserver tells every one of obs, in order.

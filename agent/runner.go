@@ -137,7 +137,7 @@ func (r *runner) run(ctx context.Context, j *protocol.Job, h handler) {
 	if res.Error != nil {
 		fields = append(fields, zap.String("error_code", string(res.Error.Code)), zap.String("error", res.Error.Message))
 	}
-	log.Info("job done", fields...)
+	log.Log(jobDoneLevel(code), "job done", fields...)
 	if r.onDone != nil {
 		r.onDone(j.Kind, outcome, code, took)
 	}

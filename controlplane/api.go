@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -34,6 +35,9 @@ func (s *Server) routes() {
 			// Without a valid Bearer token, the web console's session
 			// cookie may authorize the request (console.go).
 			if !s.authorized(r) {
+				if r.Header.Get("Authorization") != "" {
+					s.refusedToken(r, "api")
+				}
 				if status, e := s.sessionAuthorized(r); status != http.StatusOK {
 					if status == http.StatusUnauthorized {
 						w.Header().Set("WWW-Authenticate", `Bearer realm="controlplane"`)
@@ -98,14 +102,31 @@ func writeError(w http.ResponseWriter, status int, e *protocol.Error) {
 	writeJSON(w, status, protocol.APIError{Error: *e})
 }
 
-// decodeBody reads a bounded JSON body into v, refusing unknown fields so
-// that a misspelled field is an error rather than silently ignored.
+// bodyTimeout bounds the reading of a request body. The http.Server's
+// ReadHeaderTimeout covers only the headers, and its ReadTimeout would also
+// cut the long polls (?wait=) and the agents' websockets, so the deadline is
+// set here, for the body alone: a body that trickles in (an unauthenticated
+// enrollment request, for one) cannot hold a connection for longer.
+const bodyTimeout = 20 * time.Second
+
+// decodeBody reads a bounded JSON body into v, within bodyTimeout, refusing
+// unknown fields so that a misspelled field is an error rather than silently
+// ignored.
 func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
+	rc := http.NewResponseController(w)
+	// A ResponseWriter that cannot (a test's recorder) reads without one.
+	deadline := rc.SetReadDeadline(time.Now().Add(bodyTimeout)) == nil
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
 	dec.DisallowUnknownFields()
 	err := dec.Decode(v)
 	if err == nil && dec.More() {
 		err = errors.New("more than one JSON value")
+	}
+	if deadline && !errors.Is(err, os.ErrDeadlineExceeded) {
+		// Cleared for the rest of the request. After a timeout it stays
+		// past, so that the server does not read on to drain the body and
+		// closes the connection instead.
+		_ = rc.SetReadDeadline(time.Time{})
 	}
 	if err == nil {
 		return true
@@ -113,6 +134,11 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
 	var mbe *http.MaxBytesError
 	if errors.As(err, &mbe) {
 		writeError(w, http.StatusRequestEntityTooLarge, protocol.Errorf(protocol.CodeRequestTooLarge, "the request body is over %d bytes", maxBody))
+		return false
+	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		w.Header().Set("Connection", "close")
+		writeError(w, http.StatusRequestTimeout, protocol.Errorf(protocol.CodeInvalidParams, "the request body did not arrive within %s", bodyTimeout))
 		return false
 	}
 	if errors.Is(err, io.EOF) {

@@ -120,7 +120,7 @@ func (s *Server) signIn(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if req.Token == "" || !s.adminTokenMatches(req.Token) {
-		s.log.Warn("console sign-in refused", zap.String("remote", r.RemoteAddr))
+		s.refusedToken(r, "console sign-in") // logged, at most once a minute per address
 		writeError(w, http.StatusUnauthorized, protocol.Errorf(protocol.CodeUnauthorized,
 			"this is not the control plane's admin token"))
 		return

@@ -88,6 +88,7 @@ type Server struct {
 
 	passwordCost int
 	attempts     *attemptLimiter // failed connection passwords
+	refused      *refusals       // wrong admin tokens, for the log (refusals.go)
 
 	connMu  sync.Mutex     // guards closing and conns.Add
 	closing bool           // no new agent sessions once Close began
@@ -117,6 +118,7 @@ func New(o Options) (*Server, error) {
 
 		passwordCost: or(o.PasswordCost, bcrypt.DefaultCost),
 		attempts:     newAttemptLimiter(maxPasswordFailures, passwordWindow),
+		refused:      newRefusals(),
 	}
 	if s.log == nil {
 		s.log = zap.NewNop()

@@ -19,6 +19,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/orchestrator/orchestrator/agent/github/githubtest"
+	"github.com/orchestrator/orchestrator/agent/redact"
 	"github.com/orchestrator/orchestrator/protocol"
 )
 
@@ -256,6 +257,22 @@ func screenshotDir(t *testing.T) string {
 func TestConsole(t *testing.T) {
 	chromium := chromiumPath(t)
 	cp := newControlPlane(t, connJourneyOptions)
+	// The connection's password is kept only as a hash, and neither it nor
+	// the admin token the page signed in with is in the control plane's
+	// log, its answers to the harness or its store.
+	t.Cleanup(func() {
+		ev, err := cp.evidence()
+		if err != nil {
+			t.Errorf("read the control plane's evidence: %v", err)
+		}
+		for _, e := range ev {
+			for _, secret := range []string{consolePassword, adminToken} {
+				if form, ok := redact.Find(e.data, secret); ok {
+					t.Errorf("secret leaked: %s holds %.8s… as %q", e.name, secret, form)
+				}
+			}
+		}
+	})
 	fake := connJourneyFake(t, githubtest.GHES)
 	origin := cp.URL()
 

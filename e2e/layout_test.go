@@ -26,7 +26,8 @@ import (
 //   - controlplane/... and cmd/controlplane never depend on agent/...;
 //   - only agent/... and cmd/agent depend on a cloud SDK (AWS, Azure,
 //     go-github): not protocol, not the control plane, not anything else
-//     of this module.
+//     of this module but the harness under e2e/ (the load tool runs the
+//     real agent and control plane in one process, as the e2e tests do).
 
 // cloudSDKs are the import path prefixes of cloud SDKs.
 var cloudSDKs = []string{
@@ -52,7 +53,7 @@ type listedModule struct {
 }
 
 // area is the part of the module a package belongs to: "protocol",
-// "agent", "controlplane", or "" for anything else (including packages of
+// "agent", "controlplane", "harness" (e2e/...), or "" for anything else (including packages of
 // other modules and the standard library). mainModules holds the module
 // paths of the main module(s); the import path decides, so that a package
 // that go list could not load (no Module) is still placed.
@@ -70,6 +71,8 @@ func area(mainModules []string, importPath string) string {
 			return "agent"
 		case under("controlplane"), under("cmd/controlplane"):
 			return "controlplane"
+		case under("e2e"):
+			return "harness"
 		}
 	}
 	return ""
@@ -139,7 +142,7 @@ func checkLayout(pkgs []listedPackage) []string {
 				report(p, dep, "is agent code but depends on the control plane's")
 			case from == "controlplane" && to == "agent":
 				report(p, dep, "is control-plane code but depends on the agent's")
-			case from != "agent" && isCloudSDK(dep):
+			case from != "agent" && from != "harness" && isCloudSDK(dep):
 				report(p, dep, "is not agent code but depends on the cloud SDK")
 			}
 		}
@@ -340,6 +343,10 @@ func TestCheckLayout(t *testing.T) {
 		n int
 	}{
 		{name: "clean tree"},
+		{
+			name: "a harness under e2e runs both sides",
+			add:  []listedPackage{own("e2e/load", mod+"/agent", mod+"/agent/secrets", mod+"/controlplane")},
+		},
 		{
 			name: "protocol imports a third-party package",
 			add:  []listedPackage{own("protocol", "encoding/json", "go.uber.org/zap")},

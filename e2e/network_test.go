@@ -310,7 +310,9 @@ policy:
 	if code != 0 || json.Unmarshal([]byte(out), &rep) != nil || !rep.Connected || rep.AgentID != agentID || rep.MetricsListen == "" {
 		t.Fatalf("agent status --json: exit %d\n%s", code, out)
 	}
-	if code, out := runBin(t, "agent", "status", "--config", config); code != 0 || !strings.Contains(out, "connected since") {
+	code, out = runBin(t, "agent", "status", "--config", config)
+	t.Logf("agent status:\n%s", out)
+	if code != 0 || !strings.Contains(out, "connected since") {
 		t.Errorf("agent status: exit %d\n%s", code, out)
 	}
 
@@ -347,6 +349,8 @@ policy:
 	cpm := scrape(t, client, base+"/metrics")
 	wantMetric(t, "control plane", cpm, `orchestrator_controlplane_jobs_total{error_code="",kind="resolve_credentials",outcome="succeeded"}`, 1)
 	wantMetric(t, "control plane", cpm, `orchestrator_controlplane_agents_connected`, 1)
+	t.Logf("agent /metrics, orchestrator_agent_ lines:\n%s\ncontrol plane /metrics, orchestrator_controlplane_ lines:\n%s",
+		grepLines(agm, "orchestrator_agent_j"), grepLines(cpm, "orchestrator_controlplane_j"))
 
 	// agent doctor while the agent runs: its session is the proof.
 	if code, out := runBin(t, "agent", "doctor", "--config", config); code != 0 || !strings.Contains(out, "the running agent's session") {

@@ -60,7 +60,9 @@ func startOpsAgent(t *testing.T, cp *controlPlane) *opsAgent {
 	ec := zap.NewProductionEncoderConfig()
 	ec.TimeKey, ec.MessageKey = "ts", "msg"
 	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(ec), zapcore.AddSync(p.logs), p.level))
-	cp.leaks.add(func() ([]evidence, error) { return []evidence{{name: "log of the ops agent", data: p.logs.Bytes()}}, nil })
+	cp.leaks.add(func() ([]evidence, error) {
+		return []evidence{{name: "log of the ops agent", data: p.logs.Bytes()}}, nil
+	})
 
 	cfg := agent.Config{
 		ControlPlane: cp.URL(), StateDir: stateDir, InsecureAllowWS: true, Concurrency: 2, DrainGrace: 5 * time.Second,
@@ -99,7 +101,10 @@ func startOpsAgent(t *testing.T, cp *controlPlane) *opsAgent {
 	done := make(chan struct{}, 3)
 	go func() { _ = a.Run(ctx); done <- struct{}{} }()
 	go func() { _ = ctl.Serve(side); done <- struct{}{} }()
-	go func() { _ = metrics.Serve(side, ln, m.Handler(func() bool { return a.Status().Connected }), log); done <- struct{}{} }()
+	go func() {
+		_ = metrics.Serve(side, ln, m.Handler(func() bool { return a.Status().Connected }), log)
+		done <- struct{}{}
+	}()
 	t.Cleanup(func() {
 		cancel()
 		stopSide()

@@ -22,6 +22,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"time"
 
@@ -138,7 +139,9 @@ func Listen(o Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
+	// On Windows the state directory's ACL guards the socket; chmod means
+	// nothing there.
+	if err := os.Chmod(path, 0o600); err != nil && runtime.GOOS != "windows" {
 		ln.Close()
 		return nil, fmt.Errorf("control socket: %w", err)
 	}

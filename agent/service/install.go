@@ -195,6 +195,9 @@ func Control(action string) error {
 // State is the service manager's view of the service: "running",
 // "stopped", "not installed" or "unknown (…)".
 func State() string {
+	if runtime.GOOS == "linux" && ks.Platform() != "linux-systemd" {
+		return "not managed (no systemd on this machine: " + ks.Platform() + ")"
+	}
 	s, err := controlService()
 	if err != nil {
 		return "unknown (" + err.Error() + ")"

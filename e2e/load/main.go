@@ -27,6 +27,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -45,6 +46,7 @@ type config struct {
 	repeat      int
 	floorIters  int
 	cpuprofile  string
+	blockprof   string
 	dir         string
 	timeout     time.Duration
 	steps       []int
@@ -74,6 +76,7 @@ func main() {
 	flag.IntVar(&c.repeat, "repeat", 3, "repetitions of each measurement; the median is reported")
 	flag.IntVar(&c.floorIters, "floor-iters", 3000, "round trips per floor measurement")
 	flag.StringVar(&c.cpuprofile, "cpuprofile", "", "write a CPU profile of each timed throughput phase to this file (.N per repetition)")
+	flag.StringVar(&c.blockprof, "blockprofile", "", "write a profile of where goroutines waited (channels, locks, select) during the whole run to this file")
 	flag.StringVar(&c.dir, "dir", "", "work directory (default: a new temporary one, removed at the end)")
 	flag.DurationVar(&c.timeout, "timeout", 20*time.Minute, "stop everything after this long")
 	flag.StringVar(&steps, "steps", "1000,5000,10000", "idle: connected agents at each measurement")
@@ -124,6 +127,18 @@ func run(ctx context.Context, c config) error {
 		return err
 	}
 	machine()
+	if c.blockprof != "" {
+		runtime.SetBlockProfileRate(int(10 * time.Microsecond))
+		runtime.SetMutexProfileFraction(10)
+		defer func() {
+			for name, path := range map[string]string{"block": c.blockprof, "mutex": c.blockprof + ".mutex"} {
+				if f, err := os.Create(path); err == nil {
+					_ = pprof.Lookup(name).WriteTo(f, 0)
+					f.Close()
+				}
+			}
+		}()
+	}
 	switch c.mode {
 	case "roundtrip":
 		return runJobs(ctx, c, false)
