@@ -109,24 +109,49 @@ func writeError(w http.ResponseWriter, status int, e *protocol.Error) {
 // enrollment request, for one) cannot hold a connection for longer.
 const bodyTimeout = 20 * time.Second
 
+// bodyDeadline gives the request body bodyTimeout to arrive. Call the
+// function it returns with the reading's error once the body is read: it
+// clears the deadline for the rest of the request, except after a timeout,
+// when the deadline stays past so that the server does not read on to drain
+// the body but closes the connection. It returns the error.
+func bodyDeadline(w http.ResponseWriter) func(error) error {
+	rc := http.NewResponseController(w)
+	// A ResponseWriter that cannot (a test's recorder) reads without one.
+	if rc.SetReadDeadline(time.Now().Add(bodyTimeout)) != nil {
+		return func(err error) error { return err }
+	}
+	return func(err error) error {
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			_ = rc.SetReadDeadline(time.Time{})
+		}
+		return err
+	}
+}
+
+// bodyTimedOut answers 408 and reports true when err says the body did not
+// arrive in time.
+func bodyTimedOut(w http.ResponseWriter, err error) bool {
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		return false
+	}
+	w.Header().Set("Connection", "close")
+	writeError(w, http.StatusRequestTimeout, protocol.Errorf(protocol.CodeInvalidParams, "the request body did not arrive within %s", bodyTimeout))
+	return true
+}
+
 // decodeBody reads a bounded JSON body into v, within bodyTimeout, refusing
 // unknown fields so that a misspelled field is an error rather than silently
 // ignored.
 func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
-	rc := http.NewResponseController(w)
-	// A ResponseWriter that cannot (a test's recorder) reads without one.
-	deadline := rc.SetReadDeadline(time.Now().Add(bodyTimeout)) == nil
+	done := bodyDeadline(w)
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
 	dec.DisallowUnknownFields()
 	err := dec.Decode(v)
 	if err == nil && dec.More() {
 		err = errors.New("more than one JSON value")
 	}
-	if deadline && !errors.Is(err, os.ErrDeadlineExceeded) {
-		// Cleared for the rest of the request. After a timeout it stays
-		// past, so that the server does not read on to drain the body and
-		// closes the connection instead.
-		_ = rc.SetReadDeadline(time.Time{})
+	if bodyTimedOut(w, done(err)) {
+		return false
 	}
 	if err == nil {
 		return true
@@ -134,11 +159,6 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
 	var mbe *http.MaxBytesError
 	if errors.As(err, &mbe) {
 		writeError(w, http.StatusRequestEntityTooLarge, protocol.Errorf(protocol.CodeRequestTooLarge, "the request body is over %d bytes", maxBody))
-		return false
-	}
-	if errors.Is(err, os.ErrDeadlineExceeded) {
-		w.Header().Set("Connection", "close")
-		writeError(w, http.StatusRequestTimeout, protocol.Errorf(protocol.CodeInvalidParams, "the request body did not arrive within %s", bodyTimeout))
 		return false
 	}
 	if errors.Is(err, io.EOF) {
@@ -372,18 +392,21 @@ func (s *Server) submitJob(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, protocol.Errorf(protocol.CodeInvalidParams, "timeout must be between 0s and %s", s.maxTO))
 		return
 	}
-	a, err := s.store.GetAgent(r.Context(), req.AgentID)
-	if err != nil {
-		s.storeError(w, "agent "+truncate(req.AgentID, 64), err)
-		return
-	}
-	if a.RevokedAt != nil {
-		writeError(w, http.StatusConflict, protocol.Errorf(protocol.CodeAgentRevoked, "agent %s is revoked", a.ID))
-		return
+	// An agent online now is known and not revoked: no need to ask the store.
+	if !s.disp.online(req.AgentID) {
+		a, err := s.store.GetAgent(r.Context(), req.AgentID)
+		if err != nil {
+			s.storeError(w, "agent "+truncate(req.AgentID, 64), err)
+			return
+		}
+		if a.RevokedAt != nil {
+			writeError(w, http.StatusConflict, protocol.Errorf(protocol.CodeAgentRevoked, "agent %s is revoked", a.ID))
+			return
+		}
 	}
 	now := s.now()
 	j, err := s.disp.submit(r.Context(), store.Job{
-		ID: newID("job_", now), AgentID: a.ID, Kind: req.Kind, Params: req.Params, State: protocol.JobQueued,
+		ID: newID("job_", now), AgentID: req.AgentID, Kind: req.Kind, Params: req.Params, State: protocol.JobQueued,
 		Timeout: timeout, Deadline: now.Add(timeout), CreatedAt: now,
 	})
 	if err != nil {
@@ -400,7 +423,9 @@ func (s *Server) submitJob(w http.ResponseWriter, r *http.Request) {
 func (s *Server) waitJob(ctx context.Context, id string, d time.Duration, last store.Job) store.Job {
 	wctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
-	s.disp.wait(wctx, id)
+	if j, ended := s.disp.wait(wctx, id); ended {
+		return j // as stored: no need to read it back
+	}
 	j, err := s.store.GetJob(ctx, id)
 	if err != nil {
 		return last

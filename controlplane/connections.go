@@ -115,7 +115,11 @@ func secretValueError(body []byte) *protocol.Error {
 
 // decodeConnectionBody is decodeBody with a clear refusal of secret values.
 func decodeConnectionBody(w http.ResponseWriter, r *http.Request, v any) bool {
+	done := bodyDeadline(w)
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	if bodyTimedOut(w, done(err)) {
+		return false
+	}
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {

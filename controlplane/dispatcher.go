@@ -108,6 +108,21 @@ func (d *dispatcher) storeCtx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), d.storeWait)
 }
 
+// online reports whether the agent has a live session. Such an agent is
+// enrolled and not revoked (revoking ends its session), so that a job for
+// it needs no look-up in the store.
+func (d *dispatcher) online(id string) bool {
+	d.mu.Lock()
+	a := d.agents[id]
+	d.mu.Unlock()
+	if a == nil {
+		return false
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.sess != nil && !a.revoked
+}
+
 func (d *dispatcher) agent(id string) *agentState {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -384,18 +399,38 @@ func (d *dispatcher) cancel(ctx context.Context, id string) error {
 	return nil
 }
 
-// wait blocks until the job is terminal or ctx ends.
-func (d *dispatcher) wait(ctx context.Context, id string) {
+// wait blocks until the job is terminal or ctx ends. When the job ended
+// while it waited, it returns the job as stored at its end (times in UTC,
+// as the store gives them) and true: the caller need not read it back.
+func (d *dispatcher) wait(ctx context.Context, id string) (store.Job, bool) {
 	d.mu.Lock()
 	oj := d.jobs[id]
 	d.mu.Unlock()
 	if oj == nil {
-		return
+		return store.Job{}, false
 	}
 	select {
 	case <-oj.done:
 	case <-ctx.Done():
+		return store.Job{}, false
 	}
+	a := d.agent(oj.agentID)
+	a.mu.Lock()
+	j := oj.job
+	a.mu.Unlock()
+	return inUTC(j), true
+}
+
+// inUTC returns j with its times in UTC.
+func inUTC(j store.Job) store.Job {
+	j.Deadline, j.CreatedAt = j.Deadline.UTC(), j.CreatedAt.UTC()
+	for _, t := range []**time.Time{&j.DispatchedAt, &j.AcceptedAt, &j.FinishedAt} {
+		if *t != nil {
+			u := (*t).UTC()
+			*t = &u
+		}
+	}
+	return j
 }
 
 // attach makes sess the agent's session, after its hello, and settles the

@@ -83,9 +83,13 @@ type stormFigures struct {
 }
 
 func (f stormFigures) String() string {
+	rejoin := f.rejoin.String()
+	if f.rejoin < 0 {
+		rejoin = "off"
+	}
 	return fmt.Sprintf("%d agents, control plane down %s, rejoin %s: all back %s after the drop (%s after it was up); "+
 		"reconnects/s peak %d, mean %.1f (peak/mean %.2f); median %s, p90 %s; dial attempts %d, peak %d/s; per second %v",
-		f.agents, f.downtime, f.rejoin, f.allBack.Round(time.Millisecond), f.allBackSinceUp.Round(time.Millisecond),
+		f.agents, f.downtime, rejoin, f.allBack.Round(time.Millisecond), f.allBackSinceUp.Round(time.Millisecond),
 		f.peak, f.mean, float64(f.peak)/f.mean, f.median.Round(time.Millisecond), f.p90.Round(time.Millisecond),
 		f.dials, f.dialPeak, f.perSecond)
 }
@@ -106,6 +110,9 @@ func envInt(name string, def int) int {
 // default 300 agents are checked against 15% of the fleet in one second, a
 // spike being most of it).
 func TestFaultReconnectStorm(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a minute long; skipped with -short")
+	}
 	t.Parallel()
 	n := envInt("E2E_STORM_AGENTS", 300)
 	downtime := 1 * time.Second
@@ -247,6 +254,9 @@ func TestFaultReconnectStorm(t *testing.T) {
 
 	f := measureStorm(rec, before, drop, up)
 	f.agents, f.downtime, f.rejoin = n, downtime, rejoin
+	if rejoin == 0 {
+		f.rejoin = backoff.DefaultMax // agent.New's default
+	}
 	t.Logf("reconnect storm: %s", f)
 	if f.allBackSinceUp > backoff.DefaultMax+5*time.Second {
 		t.Errorf("the last agent came back %s after the control plane, beyond the backoff cap %s", f.allBackSinceUp, backoff.DefaultMax)
