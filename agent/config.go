@@ -362,7 +362,7 @@ func baseURL(controlPlane string, allowInsecure bool) (*url.URL, error) {
 	}
 	u, err := url.Parse(controlPlane)
 	if err != nil || u.Host == "" {
-		return nil, fmt.Errorf("control_plane: %q is not a URL such as https://controlplane.example.com", controlPlane)
+		return nil, fmt.Errorf("control_plane: %q is not a URL such as https://controlplane.example.com", RedactURL(controlPlane))
 	}
 	if u.User != nil || u.RawQuery != "" || u.Fragment != "" {
 		return nil, fmt.Errorf("control_plane: %q must not hold user info, a query or a fragment", u.Redacted())
@@ -371,7 +371,7 @@ func baseURL(controlPlane string, allowInsecure bool) (*url.URL, error) {
 	case "https", "wss":
 	case "http", "ws":
 		if !allowInsecure {
-			return nil, fmt.Errorf("control_plane: %q is not encrypted; use https:// (or set insecure_allow_ws: true for development)", controlPlane)
+			return nil, fmt.Errorf("control_plane: %q is not encrypted; use https:// (or set insecure_allow_ws: true for development)", u.Redacted())
 		}
 	default:
 		return nil, fmt.Errorf("control_plane: scheme %q is not https or wss", u.Scheme)

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -303,7 +304,7 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 
 // serveMain is `load serve`: controlplane.Serve with the flags of
 // `controlplane serve` that the tool uses, which on SIGUSR1 runs a GC and
-// writes its memory to --stats-file.
+// writes its memory to --stats-file (and a heap profile next to it).
 func serveMain(args []string) int {
 	fs := flag.NewFlagSet("load serve", flag.ExitOnError)
 	configFile := fs.String("config", "", "YAML config file")
@@ -336,6 +337,10 @@ func serveMain(args []string) int {
 			var ms runtime.MemStats
 			runtime.ReadMemStats(&ms)
 			m := memSample{HeapInuse: ms.HeapInuse, StackInuse: ms.StackInuse, Goroutines: runtime.NumGoroutine()}
+			if f, err := os.Create(*stats + ".heap"); err == nil {
+				_ = pprof.Lookup("heap").WriteTo(f, 0)
+				f.Close()
+			}
 			b, _ := json.Marshal(m)
 			tmp := *stats + ".tmp"
 			if os.WriteFile(tmp, b, 0o600) == nil {
