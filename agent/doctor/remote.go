@@ -191,12 +191,15 @@ func (d *doctor) checkAWS(ctx context.Context, c secrets.AWSConfig) {
 		_, err := b.Describe(sctx, n)
 		cancel()
 		if err != nil {
-			fix := "see the message"
 			var pe *protocol.Error
 			if errors.As(err, &pe) && pe.Code == protocol.CodeSecretAccessDenied {
-				fix = "grant the agent's AWS identity secretsmanager:GetSecretValue and secretsmanager:DescribeSecret on the secret (deploy/aws-iam-policy.json)"
+				// Jobs need only GetSecretValue, which the doctor never calls (it
+				// would read the value): a denied DescribeSecret does not block.
+				d.add(check, Warn, fmt.Sprintf("%s: %s", n, errText(err)),
+					"grant the agent's AWS identity secretsmanager:DescribeSecret on the secret so that agent doctor can check it; jobs need secretsmanager:GetSecretValue (deploy/aws-iam-policy.json)")
+				return
 			}
-			d.add(check, Fail, fmt.Sprintf("%s: %s", n, errText(err)), fix)
+			d.add(check, Fail, fmt.Sprintf("%s: %s", n, errText(err)), "see the message")
 			return
 		}
 		ok = append(ok, n)

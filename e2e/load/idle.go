@@ -151,8 +151,9 @@ func goMem(c config, base, m memSample, n int) string {
 	if c.cpProc != "self" {
 		return ""
 	}
-	return fmt.Sprintf("  | Go heap+stack after GC %s (%d goroutines) => %.1f KiB/agent",
-		kib(m.goBytes()/1024), m.Goroutines, float64(m.goBytes()-base.goBytes())/1024/float64(max(n, 1)))
+	return fmt.Sprintf("  | Go after GC: heap %s + stacks %s (%d goroutines) => %.1f KiB/agent (heap %.1f, stacks %.1f)",
+		kib(int64(m.HeapInuse/1024)), kib(int64(m.StackInuse/1024)), m.Goroutines, float64(m.goBytes()-base.goBytes())/1024/float64(max(n, 1)),
+		(float64(m.HeapInuse)-float64(base.HeapInuse))/1024/float64(max(n, 1)), (float64(m.StackInuse)-float64(base.StackInuse))/1024/float64(max(n, 1)))
 }
 
 func describeProc(c config, bin string) string {
