@@ -121,8 +121,10 @@ func controlPlaneProxyURL(s string) (*url.URL, error) {
 
 // RedactURL masks the password of a URL's user info, for messages and
 // logs: http://user:pass@proxy:3128 becomes http://user:xxxxx@proxy:3128.
+// A text that is not a URL with a host has everything up to its last "@"
+// masked, in case that was user info the parser did not recognise.
 func RedactURL(s string) string {
-	if u, err := url.Parse(s); err == nil {
+	if u, err := url.Parse(s); err == nil && u.Host != "" {
 		return u.Redacted()
 	}
 	if at := strings.LastIndex(s, "@"); at >= 0 {

@@ -147,8 +147,10 @@ func New(o Options) (*Server, error) {
 	s.upgrader = websocket.Upgrader{
 		Subprotocols:     []string{protocol.Subprotocol},
 		HandshakeTimeout: handshakeTimeout,
-		ReadBufferSize:   4096,
-		WriteBufferSize:  4096,
+		// No buffer sizes: the session reads through the 4 KiB buffer of
+		// the hijacked HTTP connection, and takes a write buffer from the
+		// pool only while it writes, so that an idle agent holds none.
+		WriteBufferPool: &sync.Pool{},
 		// Agents are programs, not browsers: there is no Origin to check.
 		CheckOrigin: func(*http.Request) bool { return true },
 	}

@@ -24,22 +24,28 @@ const (
 	sendQueue = 1024
 )
 
-// session is one agent's live websocket. The reader runs in the handler's
-// goroutine; all writes go through the writer goroutine, except control
-// frames (ping, close), which gorilla allows from any goroutine.
+// session is one agent's live websocket. The reader runs in a goroutine
+// started by the handler after the handshake; all writes go through the
+// writer goroutine, except control frames (ping, close), which gorilla
+// allows from any goroutine.
 type session struct {
 	id      string
 	agentID string
 	conn    *websocket.Conn
 	log     *zap.Logger
 
-	out       chan []byte
+	wake      chan struct{} // capacity 1: frames are queued
 	done      chan struct{}
 	closeOnce sync.Once
+
+	mu    sync.Mutex // guards the fields below
+	queue [][]byte   // frames for the writer, at most sendQueue
+	spare [][]byte   // the writer's last batch, emptied, for reuse
 }
 
 // send queues m for the writer. It never blocks: a full queue ends the
-// session.
+// session. The queue is a slice that grows as needed, so that an idle
+// session holds no buffer.
 func (s *session) send(m *protocol.Message) {
 	b, err := protocol.Encode(m)
 	if err != nil {
@@ -47,11 +53,44 @@ func (s *session) send(m *protocol.Message) {
 		return
 	}
 	select {
-	case s.out <- b:
 	case <-s.done:
+		return
 	default:
-		s.close(websocket.CloseTryAgainLater, "the agent is not reading fast enough")
 	}
+	s.mu.Lock()
+	full := len(s.queue) >= sendQueue
+	if !full {
+		s.queue = append(s.queue, b)
+	}
+	s.mu.Unlock()
+	if full {
+		s.close(websocket.CloseTryAgainLater, "the agent is not reading fast enough")
+		return
+	}
+	select {
+	case s.wake <- struct{}{}:
+	default: // the writer is already woken
+	}
+}
+
+// take returns the queued frames, in order, and empties the queue.
+func (s *session) take() [][]byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	batch := s.queue
+	s.queue, s.spare = s.spare, nil
+	return batch
+}
+
+// reuse gives back a written batch's slice, unless it grew large.
+func (s *session) reuse(batch [][]byte) {
+	if cap(batch) > 64 {
+		return
+	}
+	clear(batch)
+	s.mu.Lock()
+	s.spare = batch[:0]
+	s.mu.Unlock()
 }
 
 // close sends a close frame with code and reason and ends the session.
@@ -63,10 +102,10 @@ func (s *session) close(code int, reason string) {
 	})
 }
 
-// writer sends queued frames and pings until the session ends. It writes
-// the frames queued at the moment corked and flushes once the queue is
-// empty (or maxBatch bytes gathered): a burst of frames costs one system
-// call, not one each.
+// writer sends queued frames and pings until the session ends. It takes
+// every frame queued at the moment, writes them corked and flushes once
+// (or every maxBatch bytes): a burst of frames costs one system call, not
+// one each.
 func (s *session) writer(ping time.Duration) {
 	t := time.NewTicker(ping)
 	defer t.Stop()
@@ -75,25 +114,8 @@ func (s *session) writer(ping time.Duration) {
 		select {
 		case <-s.done:
 			return
-		case b := <-s.out:
-			_ = s.conn.SetWriteDeadline(time.Now().Add(writeWait))
-			if bc != nil {
-				bc.cork()
-			}
-			err := s.conn.WriteMessage(websocket.TextMessage, b)
-		more:
-			for err == nil && bc != nil && bc.buffered() < maxBatch {
-				select {
-				case b = <-s.out:
-					err = s.conn.WriteMessage(websocket.TextMessage, b)
-				default:
-					break more
-				}
-			}
-			if err == nil && bc != nil {
-				err = bc.flush()
-			}
-			if err != nil {
+		case <-s.wake:
+			if err := s.writeBatch(bc); err != nil {
 				s.close(websocket.CloseAbnormalClosure, "")
 				return
 			}
@@ -101,6 +123,36 @@ func (s *session) writer(ping time.Duration) {
 			if err := s.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeWait)); err != nil {
 				s.close(websocket.CloseAbnormalClosure, "")
 				return
+			}
+		}
+	}
+}
+
+// writeBatch writes the queued frames, corked when bc is not nil.
+func (s *session) writeBatch(bc *batchConn) error {
+	for {
+		batch := s.take()
+		if len(batch) == 0 {
+			return nil
+		}
+		_ = s.conn.SetWriteDeadline(time.Now().Add(writeWait))
+		for _, b := range batch {
+			if bc != nil && bc.buffered() == 0 {
+				bc.cork()
+			}
+			if err := s.conn.WriteMessage(websocket.TextMessage, b); err != nil {
+				return err
+			}
+			if bc != nil && bc.buffered() >= maxBatch {
+				if err := bc.flush(); err != nil {
+					return err
+				}
+			}
+		}
+		s.reuse(batch)
+		if bc != nil {
+			if err := bc.flush(); err != nil {
+				return err
 			}
 		}
 	}
@@ -144,7 +196,7 @@ func (srv *Server) handleConnect(w http.ResponseWriter, r *http.Request) {
 		id:      newID("ses_", now),
 		agentID: agent.ID,
 		conn:    conn,
-		out:     make(chan []byte, sendQueue),
+		wake:    make(chan struct{}, 1),
 		done:    make(chan struct{}),
 	}
 	sess.log = log.With(zap.String("agent_id", agent.ID), zap.String("session_id", sess.id))
@@ -185,18 +237,26 @@ func (srv *Server) handleConnect(w http.ResponseWriter, r *http.Request) {
 		zap.Int("running", len(hello.Running)), zap.Int("held", len(hello.Held)))
 
 	srv.metrics.sessionsOpened.Inc()
-	reason = srv.readLoop(sess)
-	srv.metrics.sessionClosed(reason)
-	srv.disp.detach(sess)
-	sess.close(websocket.CloseNormalClosure, "")
-	ctx, cancel = srv.storeCtx()
-	if err := srv.store.UpdateAgentInfo(ctx, agent.ID, store.AgentInfo{
-		AgentVersion: hello.AgentVersion, Hostname: hello.Hostname, OS: hello.OS, Backends: hello.Backends, LastSeen: srv.now(),
-	}); err != nil {
-		sess.log.Error("store agent info", zap.Error(err))
-	}
-	cancel()
-	sess.log.Info("agent disconnected", zap.String("reason", reason))
+	// The session reads in a goroutine of its own and this handler
+	// returns, so that the HTTP server's goroutine (whose stack grew in the
+	// handshake's store calls) and its buffers are not held for the
+	// session's life: a few KiB per idle agent.
+	srv.conns.Add(1) // this handler's count keeps the group above zero
+	go func() {
+		defer srv.conns.Done()
+		reason := srv.readLoop(sess)
+		srv.metrics.sessionClosed(reason)
+		srv.disp.detach(sess)
+		sess.close(websocket.CloseNormalClosure, "")
+		ctx, cancel := srv.storeCtx()
+		if err := srv.store.UpdateAgentInfo(ctx, agent.ID, store.AgentInfo{
+			AgentVersion: hello.AgentVersion, Hostname: hello.Hostname, OS: hello.OS, Backends: hello.Backends, LastSeen: srv.now(),
+		}); err != nil {
+			sess.log.Error("store agent info", zap.Error(err))
+		}
+		cancel()
+		sess.log.Info("agent disconnected", zap.String("reason", reason))
+	}()
 }
 
 func agentIDOf(h *protocol.Hello) string {

@@ -16,7 +16,6 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -383,10 +382,11 @@ func TestFaultJobDeliveredTwice(t *testing.T) {
 	}
 
 	// After the acknowledgement, on a new connection: ignored.
+	old := s.a.session()
 	s.px.Cut()
 	eventually(t, 5*time.Second, "the agent to reconnect", func() bool {
 		id := s.a.session()
-		return id != "" && s.cp.agent(s.a.ID).SessionID == id
+		return id != "" && id != old && s.cp.agent(s.a.ID).SessionID == id
 	})
 	if n := s.px.Inject(toClient, keep2.Captured()...); n != 1 {
 		t.Fatalf("the job frame went into %d connections, want 1", n)
@@ -456,11 +456,15 @@ func TestFaultResultAckLost(t *testing.T) {
 // result or its ack lost in the black hole) is recorded once.
 func TestFaultHalfOpen(t *testing.T) {
 	t.Parallel()
-	for _, dirs := range [][]direction{{toClient}, {toServer}, {toServer, toClient}} {
-		name := fmt.Sprint(dirs)
-		if len(dirs) == 2 {
-			name = "both"
-		}
+	for _, tc := range []struct {
+		name string
+		dirs []direction
+	}{
+		{"to-agent-dropped", []direction{toClient}},
+		{"to-control-plane-dropped", []direction{toServer}},
+		{"both-dropped", []direction{toServer, toClient}},
+	} {
+		name, dirs := tc.name, tc.dirs
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			s := newFaultSetup(t, false, gated)

@@ -38,12 +38,12 @@ import (
 	"github.com/orchestrator/orchestrator/protocol"
 )
 
-// The production bounds these tests expect (controlplane/serve.go and
-// session.go): the HTTP server's ReadHeaderTimeout, the handshake's hello
-// deadline, and the read limit of a body.
+// The production bounds these tests expect (controlplane/serve.go,
+// session.go, api.go): the HTTP server's ReadHeaderTimeout and the
+// handshake's hello deadline (servedBodyTimeout, below, is the body's).
 const (
-	servedHeaderTimeout    = 10 * time.Second
-	servedHelloTimeout = 10 * time.Second
+	servedHeaderTimeout = 10 * time.Second
+	servedHelloTimeout  = 10 * time.Second
 )
 
 // newServedControlPlane runs controlplane.Serve, as `controlplane serve`
@@ -680,7 +680,9 @@ func TestHostileAdminTokenFlood(t *testing.T) {
 		func(r *http.Request) { r.Header.Set("Authorization", "Bearer wrong-token-0123456789abcdef") },
 		func(r *http.Request) { r.Header.Set("Authorization", "Bearer "+adminToken[:len(adminToken)-1]+"x") },
 		func(r *http.Request) {},
-		func(r *http.Request) { r.Header.Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte("admin:"+adminToken))) },
+		func(r *http.Request) {
+			r.Header.Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte("admin:"+adminToken)))
+		},
 		func(r *http.Request) { r.Header.Set("Authorization", "Bearer "+strings.Repeat("A", 32<<10)) },
 	}
 	tr := &http.Transport{Proxy: nil, MaxIdleConnsPerHost: workers}

@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // minFragment is the shortest canary for which [Forms] adds the base64
@@ -26,7 +27,8 @@ const minFragment = 12
 //     the canary in an HTTP Basic header (base64 of "user:token");
 //   - URL query escaping and path escaping;
 //   - JSON string escaping (the inside of a JSON string, with and without
-//     HTML escaping) and Go quoting (the inside of a %q string);
+//     HTML escaping, and as zap's JSON encoder escapes it) and Go quoting
+//     (the inside of a %q string);
 //   - hex, lower and upper case.
 //
 // Use a long, random canary ("canary-7f3c9e1d-SECRET") so that no form can
@@ -46,6 +48,7 @@ func Forms(canary string) []string {
 		url.PathEscape(canary),
 		jsonInside(canary, true),
 		jsonInside(canary, false),
+		zapInside(canary),
 		strings.Trim(strconv.Quote(canary), `"`),
 		hex.EncodeToString(b),
 		strings.ToUpper(hex.EncodeToString(b)),
@@ -101,6 +104,47 @@ func jsonInside(canary string, escapeHTML bool) string {
 	}
 	s := strings.TrimSuffix(buf.String(), "\n")
 	return s[1 : len(s)-1]
+}
+
+// zapInside returns canary as zap's JSON encoder writes it inside a string:
+// unlike encoding/json it writes control characters other than \n, \r and
+// \t as \u00XX (a form feed is \u000c, not \f), leaves <, >, & and
+// U+2028 alone, and writes invalid UTF-8 as \ufffd.
+func zapInside(canary string) string {
+	const hexDigits = "0123456789abcdef"
+	var b strings.Builder
+	for i := 0; i < len(canary); {
+		c := canary[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c >= 0x20 && c != '\\' && c != '"':
+				b.WriteByte(c)
+			case c == '\\' || c == '"':
+				b.WriteByte('\\')
+				b.WriteByte(c)
+			case c == '\n':
+				b.WriteString(`\n`)
+			case c == '\r':
+				b.WriteString(`\r`)
+			case c == '\t':
+				b.WriteString(`\t`)
+			default:
+				b.WriteString(`\u00`)
+				b.WriteByte(hexDigits[c>>4])
+				b.WriteByte(hexDigits[c&0xf])
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(canary[i:])
+		if r == utf8.RuneError && size == 1 {
+			b.WriteString(`\ufffd`)
+		} else {
+			b.WriteString(canary[i : i+size])
+		}
+		i += size
+	}
+	return b.String()
 }
 
 // base64Fragment returns the characters of the encoding of canary, placed

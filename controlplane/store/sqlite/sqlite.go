@@ -29,6 +29,11 @@
 // upgrade a read lock. Reads go through a pool of query-only connections
 // that WAL lets run alongside the writer and each other.
 //
+// A checkpointer goroutine, on a connection of its own, copies the
+// write-ahead log into the database file shortly after commits (PASSIVE,
+// alongside the writer), so that no commit waits for a checkpoint; see
+// checkpoint.go.
+//
 // The writer commits in groups: the writes that arrive while a commit is
 // being synced are run together in the next transaction, each inside its
 // own savepoint, and made durable by one fsync. A write that fails rolls
@@ -96,6 +101,8 @@ type Store struct {
 	wdb *sql.DB
 	// rdb is the pool of query-only connections.
 	rdb *sql.DB
+	// cdb has one connection, the checkpointer's.
+	cdb *sql.DB
 	// wstmt and rstmt hold the statements prepared at Open, by SQL text.
 	wstmt map[string]*sql.Stmt
 	rstmt map[string]*sql.Stmt
@@ -103,6 +110,11 @@ type Store struct {
 	ops  chan *writeOp
 	quit chan struct{} // closed by Close
 	done chan struct{} // closed when the writer has stopped
+
+	cpKick chan struct{} // capacity 1: a commit appended to the log
+	cpDone chan struct{} // closed when the checkpointer has stopped
+	// checkpoints counts the checkpointer's checkpoints.
+	checkpoints atomic.Uint64
 
 	closeOnce sync.Once
 	closeErr  error
@@ -142,9 +154,11 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 	}
 
 	s := &Store{
-		ops:  make(chan *writeOp),
-		quit: make(chan struct{}),
-		done: make(chan struct{}),
+		ops:    make(chan *writeOp),
+		quit:   make(chan struct{}),
+		done:   make(chan struct{}),
+		cpKick: make(chan struct{}, 1),
+		cpDone: make(chan struct{}),
 	}
 	fail := func(err error) (*Store, error) {
 		s.closeDBs()
@@ -180,8 +194,12 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 	if s.rstmt, err = prepareAll(ctx, s.rdb, readQueries()); err != nil {
 		return fail(err)
 	}
+	if s.cdb, err = openCheckpointDB(path, busy); err != nil {
+		return fail(err)
+	}
 
 	go s.writer()
+	go s.checkpointer()
 	return s, nil
 }
 
@@ -191,6 +209,7 @@ func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.quit)
 		<-s.done
+		<-s.cpDone
 		if err := s.closeDBs(); err != nil {
 			s.closeErr = fmt.Errorf("store: close: %w", err)
 		}
@@ -206,7 +225,7 @@ func (s *Store) closeDBs() error {
 			errs = append(errs, st.Close())
 		}
 	}
-	for _, db := range []*sql.DB{s.rdb, s.wdb} {
+	for _, db := range []*sql.DB{s.cdb, s.rdb, s.wdb} {
 		if db != nil {
 			errs = append(errs, db.Close())
 		}
@@ -303,6 +322,9 @@ func dsn(path string, busy time.Duration, reader bool) string {
 	if reader {
 		b.WriteString("&_pragma=query_only(1)")
 	} else {
+		// The checkpointer copies the log into the database file; the
+		// writer does it itself only if the log grew this long.
+		fmt.Fprintf(&b, "&_pragma=wal_autocheckpoint(%d)", walSafetyPages)
 		b.WriteString("&_txlock=immediate")
 	}
 	return b.String()

@@ -62,6 +62,7 @@ func (s *Store) writer() {
 		}
 		s.commit(group)
 		clear(group)
+		s.kickCheckpoint()
 	}
 }
 

@@ -1,0 +1,39 @@
+#!/bin/sh
+# Runs every measurement of BENCHMARKS.md in one go, from the repository
+# root, and keeps the outputs in a dated directory:
+#
+#	sh e2e/load/benchmarks.sh [OUT_DIR]
+#
+# About 20 minutes on a 2-core machine. Each step is bounded by the load
+# tool's own -timeout; nothing leaves 127.0.0.1.
+set -eu
+out=${1:-bench-$(date -u +%Y%m%dT%H%M%SZ)}
+mkdir -p "$out"
+bin=$(mktemp -d)
+trap 'rm -rf "$bin"' EXIT
+go build -o "$bin/load" ./e2e/load
+go build -o "$bin/controlplane" ./cmd/controlplane
+go build -o "$bin/agent" ./cmd/agent
+
+step() { # name, command...
+	name=$1
+	shift
+	echo "== $name: $*" | tee "$out/$name.txt"
+	{ uptime; "$@"; uptime; } 2>&1 | tee -a "$out/$name.txt"
+}
+
+{ date -u; nproc; free -h; grep -m1 'model name' /proc/cpuinfo; go version; uptime; } >"$out/machine.txt"
+step codec go test -run '^$' -bench . -benchmem -count 3 ./protocol
+step dispatcher go test -run '^$' -bench 'Dispatch|APISubmit' -benchmem -count 3 ./controlplane
+step roundtrip "$bin/load" -mode roundtrip -jobs 10000 -repeat 3
+step throughput "$bin/load" -mode throughput -agents 100 -jobs 20000 -concurrency 200 -repeat 3 -cpuprofile "$out/throughput.prof"
+go tool pprof -top -nodecount=40 -tagfocus side=controlplane "$bin/load" "$out/throughput.prof.1" >"$out/throughput-top.txt" 2>&1 || true
+go tool pprof -tags "$bin/load" "$out/throughput.prof.1" >"$out/throughput-tags.txt" 2>&1 || true
+for i in 1 2 3; do
+	step "idle-$i" "$bin/load" -mode idle -bin "$bin" -steps 1000,5000,10000
+done
+step idle-go "$bin/load" -mode idle -bin "$bin" -cp-proc self -steps 1000,5000,10000
+for i in 1 2 3; do
+	step "agent-idle-$i" "$bin/load" -mode agent-idle -bin "$bin" -idle 60s
+done
+echo "outputs in $out"
