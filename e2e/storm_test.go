@@ -141,8 +141,9 @@ func TestFaultReconnectStorm(t *testing.T) {
 	secretsPath := writeSecretsFile(t)
 	logs := &lockedBuffer{}
 	log := newLogger(logs)
+	frames := &frameLog{}
 	cp.leaks.add(func() ([]evidence, error) {
-		return []evidence{{name: "log of the storm's agents", data: logs.Bytes()}}, nil
+		return []evidence{{name: "log of the storm's agents", data: logs.Bytes()}, frames.evidence("frames of the storm's agents")}, nil
 	})
 
 	// Register and enroll the fleet over the API, a few at a time.
@@ -197,8 +198,8 @@ func TestFaultReconnectStorm(t *testing.T) {
 		c.StateDir = filepath.Join(dirs, strconv.Itoa(i))
 		agents[i], err = agent.New(agent.Options{
 			Config: c, Identity: ids[i], Secrets: secrets.NewSet(file), Logger: log, Version: "e2e",
-			Observer: stormObserver{i: i, r: rec},
-			Backoff:  backoff.Options{StableAfter: stable, Rejoin: rejoin},
+			Observer: stormObserver{i: i, r: rec}, Observe: frames.observe,
+			Backoff: backoff.Options{StableAfter: stable, Rejoin: rejoin},
 		})
 		if err != nil {
 			t.Fatalf("agent.New: %v", err)
