@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command load measures the product under load and prints each figure next
 // to the floor of DESIGN §8 measured in the same run: a bare HTTP
 // keep-alive round trip, a bare websocket round trip with frames of the
