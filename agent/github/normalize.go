@@ -23,7 +23,6 @@ type Endpoint struct {
 	Instance string
 }
 
-
 // Normalize turns a connection's GitHub URL, as a person typed it, into the
 // API endpoint the agent calls. It refuses what it cannot call safely, with
 // a *protocol.Error naming the fix: invalid_params for a malformed URL or
