@@ -358,11 +358,11 @@ func HTTPURL(controlPlane string, allowInsecure bool, path string) (string, erro
 
 func baseURL(controlPlane string, allowInsecure bool) (*url.URL, error) {
 	if controlPlane == "" {
-		return nil, errors.New("control_plane: required (for example https://controlplane.example.com)")
+		return nil, errors.New("control_plane: required (for example https://cp.example.com)")
 	}
 	u, err := url.Parse(controlPlane)
 	if err != nil || u.Host == "" {
-		return nil, fmt.Errorf("control_plane: %q is not a URL such as https://controlplane.example.com", RedactURL(controlPlane))
+		return nil, fmt.Errorf("control_plane: %q is not a URL such as https://cp.example.com", RedactURL(controlPlane))
 	}
 	if u.User != nil || u.RawQuery != "" || u.Fragment != "" {
 		return nil, fmt.Errorf("control_plane: %q must not hold user info, a query or a fragment", u.Redacted())
