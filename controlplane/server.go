@@ -147,9 +147,10 @@ func New(o Options) (*Server, error) {
 	s.upgrader = websocket.Upgrader{
 		Subprotocols:     []string{protocol.Subprotocol},
 		HandshakeTimeout: handshakeTimeout,
-		// No buffer sizes: the session reads through the 4 KiB buffer of
-		// the hijacked HTTP connection, and takes a write buffer from the
-		// pool only while it writes, so that an idle agent holds none.
+		// An idle agent costs memory for every buffer it holds: 1 KiB to
+		// read (job results and heartbeats fit; a larger frame takes more
+		// reads), and a write buffer from the pool only while writing.
+		ReadBufferSize:  1024,
 		WriteBufferPool: &sync.Pool{},
 		// Agents are programs, not browsers: there is no Origin to check.
 		CheckOrigin: func(*http.Request) bool { return true },

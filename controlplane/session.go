@@ -25,137 +25,148 @@ const (
 )
 
 // session is one agent's live websocket. The reader runs in a goroutine
-// started by the handler after the handshake; all writes go through the
-// writer goroutine, except control frames (ping, close), which gorilla
-// allows from any goroutine.
+// started by the handler after the handshake. Frames are written by a
+// writer goroutine that runs only while frames are queued, so that an idle
+// session has one goroutine, not two; pings come from a timer. Control
+// frames (ping, close) may be written from any goroutine (gorilla allows
+// it).
 type session struct {
 	id      string
 	agentID string
 	conn    *websocket.Conn
 	log     *zap.Logger
 
-	wake      chan struct{} // capacity 1: frames are queued
 	done      chan struct{}
 	closeOnce sync.Once
+	writers   sync.WaitGroup // the writer goroutine, while it runs
 
-	mu    sync.Mutex // guards the fields below
-	queue [][]byte   // frames for the writer, at most sendQueue
-	spare [][]byte   // the writer's last batch, emptied, for reuse
+	mu      sync.Mutex  // guards the fields below
+	queue   [][]byte    // frames for the writer, at most sendQueue
+	spare   [][]byte    // the writer's last batch, emptied, for reuse
+	writing bool        // a writer goroutine runs
+	pinger  *time.Timer // the next ping
 }
 
-// send queues m for the writer. It never blocks: a full queue ends the
-// session. The queue is a slice that grows as needed, so that an idle
-// session holds no buffer.
+// send queues m for the writer, and starts the writer if none runs. It
+// never blocks: a full queue ends the session. The queue is a slice that
+// grows as needed, so that an idle session holds no buffer.
 func (s *session) send(m *protocol.Message) {
 	b, err := protocol.Encode(m)
 	if err != nil {
 		s.log.Error("encode message", zap.String("type", string(m.Type)), zap.Error(err))
 		return
 	}
+	s.mu.Lock()
 	select {
 	case <-s.done:
+		// Closed (close closes done under mu): no writer starts after
+		// the handler waited for the last one.
+		s.mu.Unlock()
 		return
 	default:
 	}
-	s.mu.Lock()
 	full := len(s.queue) >= sendQueue
+	start := false
 	if !full {
 		s.queue = append(s.queue, b)
+		if !s.writing {
+			s.writing, start = true, true
+			s.writers.Add(1)
+		}
 	}
 	s.mu.Unlock()
 	if full {
 		s.close(websocket.CloseTryAgainLater, "the agent is not reading fast enough")
 		return
 	}
-	select {
-	case s.wake <- struct{}{}:
-	default: // the writer is already woken
+	if start {
+		go s.writer()
 	}
 }
 
-// take returns the queued frames, in order, and empties the queue.
-func (s *session) take() [][]byte {
+// writer writes the queued frames until the queue is empty, then ends. It
+// takes every frame queued at the moment, writes them corked and flushes
+// once (or every maxBatch bytes): a burst of frames costs one system call,
+// not one each.
+func (s *session) writer() {
+	defer s.writers.Done()
+	bc, _ := s.conn.NetConn().(*batchConn)
+	for {
+		s.mu.Lock()
+		batch := s.queue
+		s.queue, s.spare = s.spare, nil
+		if len(batch) == 0 {
+			s.writing = false
+			s.mu.Unlock()
+			return
+		}
+		s.mu.Unlock()
+		if err := s.writeBatch(bc, batch); err != nil {
+			s.close(websocket.CloseAbnormalClosure, "")
+			return // writing stays set: the session is over
+		}
+		if cap(batch) <= 64 { // keep a small slice for the next batch
+			clear(batch)
+			s.mu.Lock()
+			s.spare = batch[:0]
+			s.mu.Unlock()
+		}
+	}
+}
+
+// writeBatch writes frames, corked when bc is not nil.
+func (s *session) writeBatch(bc *batchConn, batch [][]byte) error {
+	_ = s.conn.SetWriteDeadline(time.Now().Add(writeWait))
+	for _, b := range batch {
+		if bc != nil && bc.buffered() == 0 {
+			bc.cork()
+		}
+		if err := s.conn.WriteMessage(websocket.TextMessage, b); err != nil {
+			return err
+		}
+		if bc != nil && bc.buffered() >= maxBatch {
+			if err := bc.flush(); err != nil {
+				return err
+			}
+		}
+	}
+	if bc != nil {
+		return bc.flush()
+	}
+	return nil
+}
+
+// startPings pings the agent every interval until the session ends.
+func (s *session) startPings(interval time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	batch := s.queue
-	s.queue, s.spare = s.spare, nil
-	return batch
-}
-
-// reuse gives back a written batch's slice, unless it grew large.
-func (s *session) reuse(batch [][]byte) {
-	if cap(batch) > 64 {
-		return
-	}
-	clear(batch)
-	s.mu.Lock()
-	s.spare = batch[:0]
-	s.mu.Unlock()
+	s.pinger = time.AfterFunc(interval, func() {
+		if err := s.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeWait)); err != nil {
+			s.close(websocket.CloseAbnormalClosure, "")
+			return
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		select {
+		case <-s.done:
+		default:
+			s.pinger.Reset(interval)
+		}
+	})
 }
 
 // close sends a close frame with code and reason and ends the session.
 func (s *session) close(code int, reason string) {
 	s.closeOnce.Do(func() {
 		_ = s.conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(time.Second))
+		s.mu.Lock()
 		close(s.done)
+		if s.pinger != nil {
+			s.pinger.Stop()
+		}
+		s.mu.Unlock()
 		_ = s.conn.Close()
 	})
-}
-
-// writer sends queued frames and pings until the session ends. It takes
-// every frame queued at the moment, writes them corked and flushes once
-// (or every maxBatch bytes): a burst of frames costs one system call, not
-// one each.
-func (s *session) writer(ping time.Duration) {
-	t := time.NewTicker(ping)
-	defer t.Stop()
-	bc, _ := s.conn.NetConn().(*batchConn)
-	for {
-		select {
-		case <-s.done:
-			return
-		case <-s.wake:
-			if err := s.writeBatch(bc); err != nil {
-				s.close(websocket.CloseAbnormalClosure, "")
-				return
-			}
-		case <-t.C:
-			if err := s.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeWait)); err != nil {
-				s.close(websocket.CloseAbnormalClosure, "")
-				return
-			}
-		}
-	}
-}
-
-// writeBatch writes the queued frames, corked when bc is not nil.
-func (s *session) writeBatch(bc *batchConn) error {
-	for {
-		batch := s.take()
-		if len(batch) == 0 {
-			return nil
-		}
-		_ = s.conn.SetWriteDeadline(time.Now().Add(writeWait))
-		for _, b := range batch {
-			if bc != nil && bc.buffered() == 0 {
-				bc.cork()
-			}
-			if err := s.conn.WriteMessage(websocket.TextMessage, b); err != nil {
-				return err
-			}
-			if bc != nil && bc.buffered() >= maxBatch {
-				if err := bc.flush(); err != nil {
-					return err
-				}
-			}
-		}
-		s.reuse(batch)
-		if bc != nil {
-			if err := bc.flush(); err != nil {
-				return err
-			}
-		}
-	}
 }
 
 // handleConnect serves GET /api/v1/agent/connect: challenge, signed hello,
@@ -196,7 +207,6 @@ func (srv *Server) handleConnect(w http.ResponseWriter, r *http.Request) {
 		id:      newID("ses_", now),
 		agentID: agent.ID,
 		conn:    conn,
-		wake:    make(chan struct{}, 1),
 		done:    make(chan struct{}),
 	}
 	sess.log = log.With(zap.String("agent_id", agent.ID), zap.String("session_id", sess.id))
@@ -226,7 +236,7 @@ func (srv *Server) handleConnect(w http.ResponseWriter, r *http.Request) {
 	}
 	cancel()
 
-	go sess.writer(srv.heartbeat)
+	sess.startPings(srv.heartbeat)
 	if !srv.disp.attach(sess, hello) {
 		// Close began during the handshake and will not end this session.
 		sess.close(protocol.CloseShuttingDown, "the control plane is shutting down")
@@ -248,6 +258,7 @@ func (srv *Server) handleConnect(w http.ResponseWriter, r *http.Request) {
 		srv.metrics.sessionClosed(reason)
 		srv.disp.detach(sess)
 		sess.close(websocket.CloseNormalClosure, "")
+		sess.writers.Wait() // the connection is closed: a write in progress fails at once
 		ctx, cancel := srv.storeCtx()
 		if err := srv.store.UpdateAgentInfo(ctx, agent.ID, store.AgentInfo{
 			AgentVersion: hello.AgentVersion, Hostname: hello.Hostname, OS: hello.OS, Backends: hello.Backends, LastSeen: srv.now(),

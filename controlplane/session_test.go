@@ -1,10 +1,13 @@
 package controlplane
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"fmt"
 	"net/http"
+	"runtime/pprof"
 	"strings"
 	"testing"
 	"time"
@@ -351,4 +354,60 @@ func TestServerCloseDuringHandshake(t *testing.T) {
 	if err := <-closed; err != nil {
 		t.Errorf("Close: %v", err)
 	}
+}
+
+// TestIdleSessionHoldsOneGoroutine pins down what an idle agent costs the
+// control plane: its session's reader, and no writer once the frames it
+// was sent are written (the writer runs only while frames are queued; pings
+// come from a timer). Not parallel: it counts the process's goroutines.
+func TestIdleSessionHoldsOneGoroutine(t *testing.T) {
+	const n = 5
+	c := newCP(t, withOptions(func(o *Options) { o.HeartbeatInterval = 200 * time.Millisecond }))
+	readers0, writers0 := sessionGoroutines()
+	agents := make([]*fakeAgent, n)
+	for i := range agents {
+		agents[i] = c.connect(c.newAgent(fmt.Sprintf("idle-%d", i)), nil)
+	}
+	// One job each, so that every session's writer has run at least once.
+	for _, a := range agents {
+		v := c.submit(a.key.id, time.Minute)
+		j := a.expectJob()
+		a.accept(j)
+		a.succeed(j.JobID, j.Attempt, "fp")
+		a.expectAck(v.ID)
+		c.waitState(v.ID, protocol.JobSucceeded)
+	}
+	eventually(t, 5*time.Second, func() (bool, string) {
+		r, w := sessionGoroutines()
+		return r-readers0 == n && w-writers0 == 0, fmt.Sprintf("%d idle sessions run %d readers and %d writers, want %d and 0", n, r-readers0, w-writers0, n)
+	})
+	// Pings go on without a writer: the sessions outlive many intervals
+	// only if the agents' pongs answer them.
+	time.Sleep(5 * 200 * time.Millisecond)
+	for _, a := range agents {
+		if v := c.agentView(a.key.id); v.Status != protocol.AgentOnline {
+			t.Errorf("agent %s is %s after 5 ping intervals, want online", a.key.id, v.Status)
+		}
+	}
+	// A job starts a writer again.
+	v := c.submit(agents[0].key.id, time.Minute)
+	if j := agents[0].expectJob(); j.JobID != v.ID {
+		t.Fatalf("got job %s, want %s", j.JobID, v.ID)
+	}
+}
+
+// sessionGoroutines counts the goroutines running a session's reader and
+// a session's writer.
+func sessionGoroutines() (readers, writers int) {
+	var b bytes.Buffer
+	_ = pprof.Lookup("goroutine").WriteTo(&b, 2)
+	for _, g := range strings.Split(b.String(), "\n\n") {
+		if strings.Contains(g, "controlplane.(*Server).readLoop(") {
+			readers++
+		}
+		if strings.Contains(g, "controlplane.(*session).writer(") {
+			writers++
+		}
+	}
+	return readers, writers
 }
