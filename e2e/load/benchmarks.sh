@@ -4,7 +4,7 @@
 #
 #	sh e2e/load/benchmarks.sh [OUT_DIR]
 #
-# About 20 minutes on a 2-core machine. Each step is bounded by the load
+# About 25 minutes on a 2-core machine. Each step is bounded by the load
 # tool's own -timeout; nothing leaves 127.0.0.1.
 set -eu
 out=${1:-bench-$(date -u +%Y%m%dT%H%M%SZ)}
@@ -52,4 +52,9 @@ step idle-go "$bin/load" -mode idle -bin "$bin" -cp-proc self -steps 1000,5000,1
 for i in 1 2 3; do
 	step "agent-idle-$i" "$bin/load" -mode agent-idle -bin "$bin" -idle 60s
 done
+# Fault scenario 10: the reconnect storm, with the agents' spread and without.
+step storm env E2E_STORM_AGENTS=1000 E2E_STORM_DOWNTIME=1s \
+	go test -count=1 -v -run '^TestFaultReconnectStorm$' ./e2e/
+step storm-no-rejoin env E2E_STORM_AGENTS=1000 E2E_STORM_DOWNTIME=1s E2E_STORM_REJOIN=off \
+	go test -count=1 -v -run '^TestFaultReconnectStorm$' ./e2e/
 echo "outputs in $out"
