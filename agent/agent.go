@@ -467,8 +467,8 @@ func (a *Agent) session() (time.Duration, error) {
 
 	var wg sync.WaitGroup
 	wg.Add(1)
-	go func() { defer wg.Done(); l.writer(interval, a.runner.count) }()
-	for _, r := range a.outbox.all() {
+	go func() { defer wg.Done(); l.writer(interval, a.runner.count, a.unacknowledged(interval)) }()
+	for _, r := range a.outbox.due(time.Now(), 0, 0) {
 		l.send(&protocol.Message{Type: protocol.TypeResult, Result: &r})
 	}
 	if draining {
@@ -612,6 +612,35 @@ func (a *Agent) readLoop(l *link, interval time.Duration, log *zap.Logger) error
 	}
 }
 
+// resendAfter is how many heartbeat intervals a result may go
+// unacknowledged within a session before it is sent again (30 s at the
+// production interval): the control plane may have failed to store it (it
+// acknowledges only what it stored) or the acknowledgement may have been
+// lost. The control plane records a job's first result only, so a result
+// sent twice is recorded once.
+const resendAfter = 3
+
+// maxResendPerBeat bounds the results sent again at one heartbeat; the
+// others wait for the next.
+const maxResendPerBeat = 100
+
+// unacknowledged returns the writer's source of results to send again at
+// each heartbeat of interval.
+func (a *Agent) unacknowledged(interval time.Duration) func() []protocol.Result {
+	return func() []protocol.Result {
+		rs := a.outbox.due(time.Now(), resendAfter*interval, maxResendPerBeat)
+		if len(rs) > 0 {
+			var ids []string // the first ten: enough to find them
+			for _, r := range rs[:min(len(rs), 10)] {
+				ids = append(ids, r.JobID)
+			}
+			a.log.Warn("results not acknowledged by the control plane; sending them again",
+				zap.Int("results", len(rs)), zap.Strings("job_ids", ids), zap.Duration("unacknowledged_for", resendAfter*interval))
+		}
+		return rs
+	}
+}
+
 // link is one established session's writing side.
 type link struct {
 	conn      *websocket.Conn
@@ -647,7 +676,7 @@ func (l *link) close(code int, reason string) {
 }
 
 // writer owns writes: queued frames and a heartbeat every interval.
-func (l *link) writer(interval time.Duration, running func() int) {
+func (l *link) writer(interval time.Duration, running func() int, unacked func() []protocol.Result) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	write := func(b []byte) bool {
@@ -673,6 +702,12 @@ func (l *link) writer(interval time.Duration, running func() int) {
 			b, err := protocol.Encode(&protocol.Message{Type: protocol.TypeHeartbeat, Heartbeat: &protocol.Heartbeat{Running: running()}})
 			if err == nil && !write(b) {
 				return
+			}
+			// Written here, not queued: the queue is this goroutine's.
+			for _, r := range unacked() {
+				if b, err := protocol.Encode(&protocol.Message{Type: protocol.TypeResult, Result: &r}); err == nil && !write(b) {
+					return
+				}
 			}
 		}
 	}

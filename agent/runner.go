@@ -252,18 +252,23 @@ func (r *runner) stop() {
 
 // outbox keeps results until the control plane acknowledges them.
 type outbox struct {
-	mu    sync.Mutex // guards the fields below
-	held  map[string]protocol.Result
-	order []string
-	empty chan struct{} // closed when held becomes empty; nil while empty
+	mu     sync.Mutex // guards the fields below
+	held   map[string]protocol.Result
+	sentAt map[string]time.Time // when each held result was last handed to a session
+	order  []string
+	empty  chan struct{} // closed when held becomes empty; nil while empty
 }
 
 // maxHeld bounds the outbox; past it the oldest result is dropped (its job
 // then follows the control plane's re-dispatch rule).
 const maxHeld = 10000
 
-func newOutbox() *outbox { return &outbox{held: make(map[string]protocol.Result)} }
+func newOutbox() *outbox {
+	return &outbox{held: make(map[string]protocol.Result), sentAt: make(map[string]time.Time)}
+}
 
+// put holds r, counted as sent now (the caller sends it if connected; a
+// new session sends every held result).
 func (o *outbox) put(r protocol.Result) (dropped string) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -271,6 +276,7 @@ func (o *outbox) put(r protocol.Result) (dropped string) {
 		o.order = append(o.order, r.JobID)
 	}
 	o.held[r.JobID] = r
+	o.sentAt[r.JobID] = time.Now()
 	if o.empty == nil {
 		o.empty = make(chan struct{})
 	}
@@ -278,6 +284,7 @@ func (o *outbox) put(r protocol.Result) (dropped string) {
 		dropped = o.order[0]
 		o.order = o.order[1:]
 		delete(o.held, dropped)
+		delete(o.sentAt, dropped)
 	}
 	return dropped
 }
@@ -289,6 +296,7 @@ func (o *outbox) ack(id string) {
 		return
 	}
 	delete(o.held, id)
+	delete(o.sentAt, id)
 	for i, v := range o.order {
 		if v == id {
 			o.order = append(o.order[:i], o.order[i+1:]...)
@@ -308,12 +316,21 @@ func (o *outbox) get(id string) (protocol.Result, bool) {
 	return r, ok
 }
 
-// all returns the held results, oldest first.
-func (o *outbox) all() []protocol.Result {
+// due returns, oldest first and at most limit of them (0: no limit), the
+// held results last sent before now-after, and counts them as sent now.
+// due(now, 0, 0) is every held result: what a new session sends.
+func (o *outbox) due(now time.Time, after time.Duration, limit int) []protocol.Result {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	out := make([]protocol.Result, 0, len(o.order))
+	var out []protocol.Result
 	for _, id := range o.order {
+		if limit > 0 && len(out) == limit {
+			break
+		}
+		if now.Sub(o.sentAt[id]) < after {
+			continue
+		}
+		o.sentAt[id] = now
 		out = append(out, o.held[id])
 	}
 	return out

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -188,6 +189,42 @@ func TestResultResentUntilAcked(t *testing.T) {
 	s4.expectNothing(quiet)
 	if n := ta.backend.calls.Load(); n != 1 {
 		t.Errorf("the job ran %d times, want once", n)
+	}
+}
+
+// Within one session, a result not acknowledged for resendAfter heartbeat
+// intervals is sent again (the control plane failed to store it, or the
+// acknowledgement was lost), until acknowledged; the job runs once.
+func TestResultResentInSession(t *testing.T) {
+	t.Parallel()
+	const hb = 200 * time.Millisecond
+	ta, f := newAgentCP(t, agentOpts{hb: hb})
+	ta.start(t)
+	s := f.session()
+	s.send(jobMsg("job_unacked", secretFast, time.Minute))
+	s.expectAccepted("job_unacked")
+	first := s.expectResult("job_unacked")
+	sent := time.Now()
+
+	// Not before resendAfter intervals, and by one interval after.
+	s.expectNothing(resendAfter*hb - 2*hb/3)
+	again := s.next(resendAfter*hb + time.Second)
+	if again.Type != protocol.TypeResult || again.Result.JobID != "job_unacked" || !again.Result.FinishedAt.Equal(first.FinishedAt) {
+		b, _ := json.Marshal(again)
+		t.Fatalf("got %s, want the same result again", b)
+	}
+	if el := time.Since(sent); el > (resendAfter+1)*hb+time.Second {
+		t.Errorf("sent again after %s, want about %s", el, resendAfter*hb)
+	}
+	s.expectResult("job_unacked") // and again, while unacknowledged
+	s.ack("job_unacked")
+	s.expectNothing((resendAfter + 2) * hb)
+	f.noSession(0) // all of it in the first session
+	if n := ta.backend.calls.Load(); n != 1 {
+		t.Errorf("the job ran %d times, want once", n)
+	}
+	if !ta.logs.contains("results not acknowledged by the control plane; sending them again") {
+		t.Error("no warning logged for the results sent again")
 	}
 }
 

@@ -340,7 +340,7 @@ func TestFaultBinaryAgentSIGTERM(t *testing.T) {
 	if took := time.Since(sent); took > 10*time.Second {
 		t.Errorf("the drain took %s, more than the grace of 10s", took)
 	}
-	if out := ag.output(); strings.Contains(out, "results not acknowledged") || !strings.Contains(out, `"draining"`) {
+	if out := ag.output(); strings.Contains(out, "results not acknowledged before exit") || !strings.Contains(out, `"draining"`) {
 		t.Errorf("the agent's drain did not flush its results:\n%s", tail(out, 5000))
 	}
 	b.cp.waitLog(5*time.Second, `"agent disconnected"`, "agent closed: agent stopped")

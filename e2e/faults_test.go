@@ -406,43 +406,64 @@ func TestFaultJobDeliveredTwice(t *testing.T) {
 // --- scenario 5 --------------------------------------------------------------
 
 // TestFaultResultAckLost (scenario 5): the control plane records a result
-// and its result_ack is lost on the way. The agent keeps the result, sends
-// it again after the reconnect, and the control plane acknowledges it
-// without recording it a second time.
+// and its result_ack is lost on the way. The agent keeps the result and
+// sends it again: within the same session once it has gone unacknowledged
+// for three heartbeat intervals, or at once on the next session after a
+// reconnect. The control plane acknowledges it each time without recording
+// it a second time.
 func TestFaultResultAckLost(t *testing.T) {
 	t.Parallel()
-	s := newFaultSetup(t, true, fast)
-	lost := s.px.Rule(&frameRule{dir: toClient, match: func(m *protocol.Message) bool { return m.Type == protocol.TypeResultAck }, action: dropFrame, times: 1})
-	j := s.cp.submit(s.a.ID, allowedSecret, jobTimeout, 10*time.Second)
-	eventually(t, 5*time.Second, "the proxy to drop the ack", func() bool { return lost.Hits() == 1 })
-	if j.State != protocol.JobSucceeded || lost.Hits() != 1 {
-		t.Fatalf("job %s, ack dropped %d times; want succeeded and 1", j.State, lost.Hits())
-	}
-	time.Sleep(300 * time.Millisecond)
-	if n := s.a.frames.count("in", protocol.TypeResultAck, j.ID); n != 0 {
-		t.Fatalf("the agent got %d acks, want none (dropped)", n)
-	}
-	// Results are sent again after a reconnect: make one.
-	s.px.Cut()
-	eventually(t, 5*time.Second, "the result to be sent again and acknowledged", func() bool {
-		return s.a.frames.count("out", protocol.TypeResult, j.ID) == 2 && s.a.frames.count("in", protocol.TypeResultAck, j.ID) == 1
-	})
-	if h := s.a.lastHello(t); !slices.Contains(h.Held, j.ID) {
-		t.Errorf("the hello after the cut holds %v, want %s", h.Held, j.ID)
-	}
-	again := s.cp.getJob(j.ID, 0)
-	if !sameEnd(j, again) {
-		t.Fatalf("the repeated result changed the job: %+v, then %+v", j, again)
-	}
-	checkExactlyOnce(t, s.cp, map[string]wantJob{j.ID: {protocol.JobSucceeded, "", 1}}, s.a)
-	if n := s.a.Backend.calls.Load(); n != 1 {
-		t.Fatalf("the secret was read %d times, want once", n)
-	}
-	if err := s.a.Stop(10 * time.Second); err != nil {
-		t.Fatalf("Stop: %v", err)
-	}
-	if strings.Contains(s.a.logs.String(), "results not acknowledged") {
-		t.Fatal("the agent exited holding unacknowledged results")
+	for _, tc := range []struct {
+		name      string
+		reconnect bool
+	}{
+		{"in-session", false},
+		{"after-reconnect", true},
+	} {
+		reconnect := tc.reconnect
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			s := newFaultSetup(t, true, fast)
+			ses := s.a.session()
+			lost := s.px.Rule(&frameRule{dir: toClient, match: func(m *protocol.Message) bool { return m.Type == protocol.TypeResultAck }, action: dropFrame, times: 1})
+			j := s.cp.submit(s.a.ID, allowedSecret, jobTimeout, 10*time.Second)
+			eventually(t, 5*time.Second, "the proxy to drop the ack", func() bool { return lost.Hits() == 1 })
+			if j.State != protocol.JobSucceeded || lost.Hits() != 1 {
+				t.Fatalf("job %s, ack dropped %d times; want succeeded and 1", j.State, lost.Hits())
+			}
+			if n := s.a.frames.count("in", protocol.TypeResultAck, j.ID); n != 0 {
+				t.Fatalf("the agent got %d acks, want none (dropped)", n)
+			}
+			if reconnect {
+				s.px.Cut() // at once: well before the in-session re-send is due
+			}
+			eventually(t, 10*time.Second, "the result to be sent again and acknowledged", func() bool {
+				return s.a.frames.count("out", protocol.TypeResult, j.ID) == 2 && s.a.frames.count("in", protocol.TypeResultAck, j.ID) == 1
+			})
+			h := s.a.lastHello(t)
+			switch {
+			case reconnect && !slices.Contains(h.Held, j.ID):
+				t.Errorf("the hello after the cut holds %v, want %s", h.Held, j.ID)
+			case !reconnect && s.a.session() != ses:
+				t.Errorf("session %q, want the result sent again in session %q", s.a.session(), ses)
+			case !reconnect && !strings.Contains(s.a.logs.String(), "results not acknowledged by the control plane; sending them again"):
+				t.Error("the agent did not log the result it sent again")
+			}
+			again := s.cp.getJob(j.ID, 0)
+			if !sameEnd(j, again) {
+				t.Fatalf("the repeated result changed the job: %+v, then %+v", j, again)
+			}
+			checkExactlyOnce(t, s.cp, map[string]wantJob{j.ID: {protocol.JobSucceeded, "", 1}}, s.a)
+			if n := s.a.Backend.calls.Load(); n != 1 {
+				t.Fatalf("the secret was read %d times, want once", n)
+			}
+			if err := s.a.Stop(10 * time.Second); err != nil {
+				t.Fatalf("Stop: %v", err)
+			}
+			if strings.Contains(s.a.logs.String(), "results not acknowledged before exit") {
+				t.Fatal("the agent exited holding unacknowledged results")
+			}
+		})
 	}
 }
 

@@ -348,7 +348,7 @@ func TestCancelMidRun(t *testing.T) {
 	if err := a.Stop(10 * time.Second); err != nil {
 		t.Fatalf("Stop: %v", err)
 	}
-	if strings.Contains(a.logs.String(), "results not acknowledged") {
+	if strings.Contains(a.logs.String(), "results not acknowledged before exit") {
 		t.Fatalf("the agent exited holding unacknowledged results")
 	}
 	if n := a.frames.count("out", protocol.TypeResult, j.ID); n != 1 {
@@ -549,7 +549,7 @@ func TestDrainWithJobInFlight(t *testing.T) {
 	if len(a.frames.messages("out", protocol.TypeDraining)) == 0 {
 		t.Fatal("the agent never said it was draining")
 	}
-	if strings.Contains(a.logs.String(), "results not acknowledged") {
+	if strings.Contains(a.logs.String(), "results not acknowledged before exit") {
 		t.Fatal("the agent exited holding unacknowledged results")
 	}
 	eventually(t, 5*time.Second, "the control plane to log a normal close", func() bool {
