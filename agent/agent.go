@@ -467,10 +467,11 @@ func (a *Agent) session() (time.Duration, error) {
 
 	var wg sync.WaitGroup
 	wg.Add(1)
-	go func() { defer wg.Done(); l.writer(interval, a.runner.count, a.unacknowledged(interval)) }()
-	for _, r := range a.outbox.due(time.Now(), 0, 0) {
-		l.send(&protocol.Message{Type: protocol.TypeResult, Result: &r})
-	}
+	// The writer first sends the results held now (taken before the reader
+	// starts, so that none of this session's comes before its accepted),
+	// then what is queued.
+	held := a.outbox.due(time.Now(), 0, 0)
+	go func() { defer wg.Done(); l.writer(interval, a.runner.count, held, a.unacknowledged(interval)) }()
 	if draining {
 		l.send(a.drainingMessage())
 	}
@@ -625,7 +626,8 @@ const resendAfter = 3
 const maxResendPerBeat = 100
 
 // unacknowledged returns the writer's source of results to send again at
-// each heartbeat of interval.
+// each heartbeat of interval: those unacknowledged for resendAfter
+// intervals.
 func (a *Agent) unacknowledged(interval time.Duration) func() []protocol.Result {
 	return func() []protocol.Result {
 		rs := a.outbox.due(time.Now(), resendAfter*interval, maxResendPerBeat)
@@ -676,7 +678,7 @@ func (l *link) close(code int, reason string) {
 }
 
 // writer owns writes: queued frames and a heartbeat every interval.
-func (l *link) writer(interval time.Duration, running func() int, unacked func() []protocol.Result) {
+func (l *link) writer(interval time.Duration, running func() int, held []protocol.Result, unacked func() []protocol.Result) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	write := func(b []byte) bool {
@@ -689,6 +691,19 @@ func (l *link) writer(interval time.Duration, running func() int, unacked func()
 			return false
 		}
 		return true
+	}
+	sendHeld := func(rs []protocol.Result) bool {
+		for _, r := range rs {
+			if b, err := protocol.Encode(&protocol.Message{Type: protocol.TypeResult, Result: &r}); err == nil && !write(b) {
+				return false
+			}
+		}
+		return true
+	}
+	// Held results are written here, not queued: however many there are,
+	// they cannot overflow the queue, which only this goroutine empties.
+	if !sendHeld(held) {
+		return
 	}
 	for {
 		select {
@@ -703,11 +718,8 @@ func (l *link) writer(interval time.Duration, running func() int, unacked func()
 			if err == nil && !write(b) {
 				return
 			}
-			// Written here, not queued: the queue is this goroutine's.
-			for _, r := range unacked() {
-				if b, err := protocol.Encode(&protocol.Message{Type: protocol.TypeResult, Result: &r}); err == nil && !write(b) {
-					return
-				}
+			if !sendHeld(unacked()) {
+				return
 			}
 		}
 	}

@@ -228,6 +228,36 @@ func TestResultResentInSession(t *testing.T) {
 	}
 }
 
+// More held results than the session's send queue holds (1024) all go out
+// on the next session, without overflowing it (which would end the session
+// and, on every reconnect, again).
+func TestManyHeldResultsOnReconnect(t *testing.T) {
+	t.Parallel()
+	const n = 1500
+	ta, f := newAgentCP(t, agentOpts{})
+	ta.start(t)
+	s1 := f.session()
+	for i := range n {
+		id := fmt.Sprintf("job_held_%04d", i)
+		s1.send(jobMsg(id, secretFast, time.Minute))
+		s1.expectAccepted(id)
+		s1.expectResult(id)
+	}
+	s1.drop() // none acknowledged
+
+	s2 := f.session()
+	if len(s2.hello.Held) != n {
+		t.Fatalf("hello holds %d results, want %d", len(s2.hello.Held), n)
+	}
+	for i := range n {
+		id := fmt.Sprintf("job_held_%04d", i)
+		s2.expectResult(id) // oldest first
+		s2.ack(id)
+	}
+	s2.expectNothing(quiet)
+	f.noSession(0)
+}
+
 // A job that finishes while the agent is disconnected reports on the next
 // session; while it runs, hello lists it as running.
 func TestJobSpansReconnect(t *testing.T) {

@@ -75,6 +75,10 @@ func (c *batchConn) flushLocked() error {
 // Close sends what gathered (a close frame, typically), briefly, and
 // closes the connection.
 func (c *batchConn) Close() error {
+	// A flush stuck on an agent that does not read holds mu until its
+	// deadline: bring the deadline to a second first (the socket's own
+	// deadline may be set from any goroutine).
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(time.Second))
 	c.mu.Lock()
 	if len(c.buf) > 0 {
 		_ = c.Conn.SetWriteDeadline(time.Now().Add(time.Second))

@@ -258,7 +258,7 @@ func (srv *Server) handleConnect(w http.ResponseWriter, r *http.Request) {
 		srv.metrics.sessionClosed(reason)
 		srv.disp.detach(sess)
 		sess.close(websocket.CloseNormalClosure, "")
-		sess.writers.Wait() // the connection is closed: a write in progress fails at once
+		sess.writers.Wait() // the connection is closed: a write in progress fails within a second
 		ctx, cancel := srv.storeCtx()
 		if err := srv.store.UpdateAgentInfo(ctx, agent.ID, store.AgentInfo{
 			AgentVersion: hello.AgentVersion, Hostname: hello.Hostname, OS: hello.OS, Backends: hello.Backends, LastSeen: srv.now(),
