@@ -21,7 +21,7 @@ import (
 // errors (which never quote the URL) or returns a normalised origin that
 // reads back as itself; a URL with user info is never accepted.
 func FuzzParseOrigin(f *testing.F) {
-	sentinels := []error{policy.ErrNotURL, policy.ErrNotHTTP, policy.ErrUserInfo, policy.ErrNoHost, policy.ErrInvalidPort}
+	sentinels := []error{policy.ErrNotURL, policy.ErrNotHTTP, policy.ErrUserInfo, policy.ErrNoHost, policy.ErrHostPercent, policy.ErrInvalidPort}
 	f.Fuzz(func(t *testing.T, raw string) {
 		o, err := policy.ParseOrigin(raw)
 		if err != nil {

@@ -32,6 +32,7 @@ var (
 	ErrNotHTTP     = errors.New("is not an http(s) URL")
 	ErrUserInfo    = errors.New("holds user info (user@ or user:password@); credentials come from the secret reference")
 	ErrNoHost      = errors.New("has no host")
+	ErrHostPercent = errors.New("has a percent sign in its host (an escaped %25, or an IPv6 zone); write the host name as it is")
 	ErrInvalidPort = errors.New("has a port that is not a number from 1 to 65535")
 )
 
@@ -56,6 +57,11 @@ func ParseOrigin(rawURL string) (Origin, error) {
 	host := strings.TrimSuffix(strings.ToLower(u.Hostname()), ".")
 	if u.Opaque != "" || host == "" {
 		return Origin{}, ErrNoHost
+	}
+	if strings.Contains(host, "%") {
+		// "%2525" is host "%25", whose String reads back as "%": no
+		// stable origin to compare. No host a rule names needs one.
+		return Origin{}, ErrHostPercent
 	}
 	port := u.Port()
 	switch {
