@@ -37,6 +37,10 @@ type runner struct {
 	// onDone, when set, sees each job's outcome (metrics).
 	onDone func(kind protocol.JobKind, outcome string, code protocol.ErrorCode, d time.Duration)
 
+	// afterDeliver, when set (by tests), runs between a result's delivery
+	// and the release of its slot.
+	afterDeliver func()
+
 	mu        sync.Mutex // guards the fields below
 	running   map[string]context.CancelCauseFunc
 	recent    map[string]bool // finished job ids, to refuse a second run
@@ -142,10 +146,16 @@ func (r *runner) run(ctx context.Context, j *protocol.Job, h handler) {
 		r.onDone(j.Kind, outcome, code, took)
 	}
 
-	// Hold the result before the job stops counting as running, so that a
-	// hello built in between lists the job one way or the other.
-	r.deliver(res)
+	// Hold (and queue) the result and free the job's slot under one lock:
+	// a hello built meanwhile lists the job one way or the other, and a job
+	// the control plane sends on reading this result (it frees the slot
+	// there) finds the slot free here, not an agent_busy that would pause
+	// the agent's queue.
 	r.mu.Lock()
+	r.deliver(res)
+	if r.afterDeliver != nil {
+		r.afterDeliver()
+	}
 	if cancel := r.running[j.JobID]; cancel != nil {
 		cancel(nil)
 	}

@@ -414,6 +414,31 @@ func TestRejections(t *testing.T) {
 	}
 }
 
+// A job sent the moment the previous job's result arrives finds its slot
+// free: the agent frees the slot before the result can reach the control
+// plane, which frees it on reading the result and may send the next job at
+// once. (An agent_busy there would pause the agent's whole queue.)
+func TestSlotFreeWhenResultArrives(t *testing.T) {
+	t.Parallel()
+	ta, f := newAgentCP(t, agentOpts{concurrency: 1})
+	// Widen the moment between the result's delivery and the slot's
+	// release: a control plane fast enough to answer within it must still
+	// find the slot free.
+	ta.a.runner.afterDeliver = func() { time.Sleep(20 * time.Millisecond) }
+	ta.start(t)
+	s := f.session()
+	for i := range 20 {
+		id := fmt.Sprintf("job_next_%03d", i)
+		s.send(jobMsg(id, secretFast, time.Minute))
+		if m := s.next(10 * time.Second); m.Type != protocol.TypeAccepted || m.Accepted.JobID != id {
+			b, _ := json.Marshal(m)
+			t.Fatalf("job %d: got %s, want accepted", i, b)
+		}
+		s.expectResult(id)
+		s.ack(id)
+	}
+}
+
 func TestFatalCloseCodes(t *testing.T) {
 	t.Parallel()
 	for _, code := range []int{protocol.CloseRevoked, protocol.CloseAuthFailed, protocol.CloseIncompatible} {
