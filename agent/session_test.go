@@ -234,7 +234,10 @@ func TestResultResentInSession(t *testing.T) {
 func TestManyHeldResultsOnReconnect(t *testing.T) {
 	t.Parallel()
 	const n = 1500
-	ta, f := newAgentCP(t, agentOpts{})
+	// A long heartbeat: the first session leaves every result unacknowledged
+	// for longer than three of the default ones, and must not see them sent
+	// again in the meantime.
+	ta, f := newAgentCP(t, agentOpts{hb: time.Minute})
 	ta.start(t)
 	s1 := f.session()
 	for i := range n {
