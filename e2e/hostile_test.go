@@ -287,6 +287,18 @@ func TestHostileWebsocketClients(t *testing.T) {
 		}
 		return w.send(b)
 	}
+	// challenged opens a websocket and reads the control plane's challenge,
+	// returning its nonce. The caller closes w.
+	challenged := func() (w *rawWS, nonce string, err error) {
+		if w, err = dialRawWS(addr, ""); err != nil {
+			return nil, "", err
+		}
+		if nonce, err = w.challenge(); err != nil {
+			w.conn.Close()
+			return nil, "", err
+		}
+		return w, nonce, nil
+	}
 	// trickle announces a 200 KiB frame (under the limit) and sends one
 	// byte of it every 100ms until the server cuts the connection.
 	trickle := func(w *rawWS, timeout time.Duration) (time.Duration, error) {
@@ -313,55 +325,41 @@ func TestHostileWebsocketClients(t *testing.T) {
 	}
 	cases := []outcome{
 		{"never says hello", []int{protocol.CloseProtocolError}, servedHelloTimeout + 3*time.Second, func() (int, time.Duration, error) {
-			w, err := dialRawWS(addr, "")
+			w, _, err := challenged()
 			if err != nil {
 				return 0, 0, err
 			}
 			defer w.conn.Close()
-			if _, err := w.challenge(); err != nil {
-				return 0, 0, err
-			}
 			return w.closed(servedHelloTimeout + 5*time.Second)
 		}},
 		{"unknown agent", []int{protocol.CloseAuthFailed}, 3 * time.Second, func() (int, time.Duration, error) {
-			w, err := dialRawWS(addr, "")
+			w, nonce, err := challenged()
 			if err != nil {
 				return 0, 0, err
 			}
 			defer w.conn.Close()
-			nonce, err := w.challenge()
-			if err != nil {
-				return 0, 0, err
-			}
 			if err := hello(w, "agt_nobody", otherKey, nonce); err != nil {
 				return 0, 0, err
 			}
 			return w.closed(5 * time.Second)
 		}},
 		{"signed with another key", []int{protocol.CloseAuthFailed}, 3 * time.Second, func() (int, time.Duration, error) {
-			w, err := dialRawWS(addr, "")
+			w, nonce, err := challenged()
 			if err != nil {
 				return 0, 0, err
 			}
 			defer w.conn.Close()
-			nonce, err := w.challenge()
-			if err != nil {
-				return 0, 0, err
-			}
 			if err := hello(w, rawID, otherKey, nonce); err != nil {
 				return 0, 0, err
 			}
 			return w.closed(5 * time.Second)
 		}},
 		{"signed over another nonce (a replay)", []int{protocol.CloseAuthFailed}, 3 * time.Second, func() (int, time.Duration, error) {
-			w, err := dialRawWS(addr, "")
+			w, _, err := challenged()
 			if err != nil {
 				return 0, 0, err
 			}
 			defer w.conn.Close()
-			if _, err := w.challenge(); err != nil {
-				return 0, 0, err
-			}
 			old := base64.RawURLEncoding.EncodeToString(make([]byte, protocol.NonceSize))
 			if err := hello(w, rawID, rawKey, old); err != nil {
 				return 0, 0, err
@@ -369,53 +367,40 @@ func TestHostileWebsocketClients(t *testing.T) {
 			return w.closed(5 * time.Second)
 		}},
 		{"announces a terabyte frame", []int{1009, protocol.CloseProtocolError}, 3 * time.Second, func() (int, time.Duration, error) {
-			w, err := dialRawWS(addr, "")
+			w, _, err := challenged()
 			if err != nil {
 				return 0, 0, err
 			}
 			defer w.conn.Close()
-			if _, err := w.challenge(); err != nil {
-				return 0, 0, err
-			}
 			if _, err := w.header(0x1, true, 1<<40); err != nil {
 				return 0, 0, err
 			}
 			return w.closed(5 * time.Second)
 		}},
 		{"sends a frame over the limit", []int{1009, protocol.CloseProtocolError}, 3 * time.Second, func() (int, time.Duration, error) {
-			w, err := dialRawWS(addr, "")
+			w, _, err := challenged()
 			if err != nil {
 				return 0, 0, err
 			}
 			defer w.conn.Close()
-			if _, err := w.challenge(); err != nil {
-				return 0, 0, err
-			}
 			_ = w.send(bytes.Repeat([]byte("x"), protocol.MaxFrameSize+1)) // the server may stop reading midway
 			return w.closed(5 * time.Second)
 		}},
 		{"endless frame before the hello", nil, servedHelloTimeout + 3*time.Second, func() (int, time.Duration, error) {
-			w, err := dialRawWS(addr, "")
+			w, _, err := challenged()
 			if err != nil {
 				return 0, 0, err
 			}
 			defer w.conn.Close()
-			if _, err := w.challenge(); err != nil {
-				return 0, 0, err
-			}
 			after, err := trickle(w, servedHelloTimeout+5*time.Second)
 			return 0, after, err
 		}},
 		{"endless frame in a session", nil, 3*heartbeat + 3*time.Second, func() (int, time.Duration, error) {
-			w, err := dialRawWS(addr, "")
+			w, nonce, err := challenged()
 			if err != nil {
 				return 0, 0, err
 			}
 			defer w.conn.Close()
-			nonce, err := w.challenge()
-			if err != nil {
-				return 0, 0, err
-			}
 			if err := hello(w, rawID, rawKey, nonce); err != nil {
 				return 0, 0, err
 			}
